@@ -1,0 +1,19 @@
+#include "core/allocator.h"
+
+#include <cstdlib>
+#include <new>
+
+#include "core/error.h"
+
+namespace sdserve {
+
+std::shared_ptr<void> allocate(size_t bytes, Device device) {
+  if (device.type != DeviceType::CPU)
+    throw UnsupportedError("device " + device.str() + " is not available in this build");
+  const size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
+  void* p = std::aligned_alloc(kAlignment, rounded == 0 ? kAlignment : rounded);
+  if (p == nullptr) throw std::bad_alloc();
+  return std::shared_ptr<void>(p, [](void* q) { std::free(q); });
+}
+
+}  // namespace sdserve

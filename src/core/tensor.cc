@@ -1,0 +1,258 @@
+#include "core/tensor.h"
+
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <sstream>
+
+#include "core/allocator.h"
+
+namespace sdserve {
+
+std::string shape_str(const Shape& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (i) out += ", ";
+    out += std::to_string(s[i]);
+  }
+  return out + "]";
+}
+
+int64_t shape_numel(const Shape& s) {
+  int64_t n = 1;
+  for (int64_t d : s) {
+    if (d < 0) throw InvalidArgument("negative dimension in shape " + shape_str(s));
+    if (d != 0 && n > std::numeric_limits<int64_t>::max() / d)
+      throw InvalidArgument("shape " + shape_str(s) + " overflows");
+    n *= d;
+  }
+  return n;
+}
+
+Shape contiguous_strides(const Shape& shape) {
+  Shape st(shape.size());
+  int64_t acc = 1;
+  for (size_t i = shape.size(); i-- > 0;) {
+    st[i] = acc;
+    acc *= std::max<int64_t>(shape[i], 1);
+  }
+  return st;
+}
+
+Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
+  Tensor t;
+  const int64_t n = shape_numel(shape);
+  t.buf_ = allocate(size_t(n) * dtype_size(dtype), device);
+  t.shape_ = shape;
+  t.strides_ = contiguous_strides(shape);
+  t.dtype_ = dtype;
+  t.device_ = device;
+  return t;
+}
+
+Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
+  Tensor t = empty(shape, dtype, device);
+  std::memset(t.raw_data(), 0, t.nbytes());
+  return t;
+}
+
+Tensor Tensor::from_blob(void* data, const Shape& shape, DType dtype, std::shared_ptr<void> keepalive,
+                         Device device) {
+  Tensor t;
+  // Aliasing constructor: the tensor points at `data` but shares ownership of `keepalive`.
+  t.buf_ = std::shared_ptr<void>(std::move(keepalive), data);
+  if (!t.buf_) t.buf_ = std::shared_ptr<void>(std::shared_ptr<void>(), data);
+  t.shape_ = shape;
+  t.strides_ = contiguous_strides(shape);
+  t.dtype_ = dtype;
+  t.device_ = device;
+  shape_numel(shape);
+  return t;
+}
+
+Tensor Tensor::from_vector(const std::vector<float>& v, const Shape& shape, DType dtype) {
+  SD_CHECK_ARG(int64_t(v.size()) == shape_numel(shape),
+               "from_vector: " + std::to_string(v.size()) + " values for shape " + shape_str(shape));
+  Tensor t = empty(shape, dtype);
+  convert_from_f32(v.data(), t.raw_data(), dtype, v.size());
+  return t;
+}
+
+Tensor Tensor::from_ids(const std::vector<int32_t>& v, const Shape& shape) {
+  SD_CHECK_ARG(int64_t(v.size()) == shape_numel(shape),
+               "from_ids: " + std::to_string(v.size()) + " values for shape " + shape_str(shape));
+  Tensor t = empty(shape, DType::I32);
+  std::memcpy(t.raw_data(), v.data(), v.size() * 4);
+  return t;
+}
+
+int64_t Tensor::size(int64_t d) const {
+  const int64_t n = dim();
+  if (d < 0) d += n;
+  SD_CHECK_ARG(d >= 0 && d < n, "dimension out of range for tensor of shape " + shape_str(shape_));
+  return shape_[size_t(d)];
+}
+
+bool Tensor::is_contiguous() const {
+  int64_t acc = 1;
+  for (size_t i = shape_.size(); i-- > 0;) {
+    if (shape_[i] != 1 && strides_[i] != acc) return false;
+    acc *= shape_[i];
+  }
+  return true;
+}
+
+Tensor Tensor::view(const Shape& shape) const {
+  SD_CHECK_ARG(is_contiguous(), "view of a non-contiguous tensor");
+  Shape s = shape;
+  int64_t known = 1, infer = -1;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == -1) {
+      SD_CHECK_ARG(infer < 0, "reshape: more than one -1 in " + shape_str(shape));
+      infer = int64_t(i);
+    } else {
+      SD_CHECK_ARG(s[i] >= 0, "reshape: negative size in " + shape_str(shape));
+      known *= s[i];
+    }
+  }
+  if (infer >= 0) {
+    SD_CHECK_ARG(known != 0 && numel() % known == 0,
+                 "reshape: cannot view " + shape_str(shape_) + " as " + shape_str(shape));
+    s[size_t(infer)] = numel() / known;
+  }
+  SD_CHECK_ARG(shape_numel(s) == numel(), "reshape: cannot view " + shape_str(shape_) + " as " + shape_str(shape));
+  Tensor t = *this;
+  t.shape_ = s;
+  t.strides_ = contiguous_strides(s);
+  return t;
+}
+
+Tensor Tensor::reshape(const Shape& shape) const {
+  return is_contiguous() ? view(shape) : contiguous().view(shape);
+}
+
+Tensor Tensor::transpose(int64_t d0, int64_t d1) const {
+  const int64_t n = dim();
+  if (d0 < 0) d0 += n;
+  if (d1 < 0) d1 += n;
+  SD_CHECK_ARG(d0 >= 0 && d0 < n && d1 >= 0 && d1 < n, "transpose: dimension out of range");
+  Tensor t = *this;
+  std::swap(t.shape_[size_t(d0)], t.shape_[size_t(d1)]);
+  std::swap(t.strides_[size_t(d0)], t.strides_[size_t(d1)]);
+  return t;
+}
+
+Tensor Tensor::permute(const std::vector<int64_t>& order) const {
+  SD_CHECK_ARG(int64_t(order.size()) == dim(), "permute: order has wrong length");
+  std::vector<bool> seen(order.size(), false);
+  Tensor t = *this;
+  for (size_t i = 0; i < order.size(); ++i) {
+    const int64_t o = order[i];
+    SD_CHECK_ARG(o >= 0 && o < dim() && !seen[size_t(o)], "permute: bad order");
+    seen[size_t(o)] = true;
+    t.shape_[i] = shape_[size_t(o)];
+    t.strides_[i] = strides_[size_t(o)];
+  }
+  return t;
+}
+
+Tensor Tensor::narrow(int64_t d, int64_t start, int64_t length) const {
+  if (d < 0) d += dim();
+  SD_CHECK_ARG(d >= 0 && d < dim(), "narrow: dimension out of range");
+  SD_CHECK_ARG(start >= 0 && length >= 0 && start + length <= shape_[size_t(d)],
+               "narrow: range out of bounds for shape " + shape_str(shape_));
+  Tensor t = *this;
+  t.offset_ += size_t(start * strides_[size_t(d)]) * dtype_size(dtype_);
+  t.shape_[size_t(d)] = length;
+  return t;
+}
+
+Tensor Tensor::select(int64_t d, int64_t index) const {
+  if (d < 0) d += dim();
+  Tensor t = narrow(d, index, 1);
+  t.shape_.erase(t.shape_.begin() + d);
+  t.strides_.erase(t.strides_.begin() + d);
+  return t;
+}
+
+namespace {
+// Copies a strided tensor into contiguous dst, element size `es`.
+void strided_copy(const char* src, const Shape& shape, const Shape& strides, size_t es, char* dst) {
+  const size_t nd = shape.size();
+  if (nd == 0) {
+    std::memcpy(dst, src, es);
+    return;
+  }
+  const int64_t n = shape_numel(shape);
+  if (n == 0) return;
+  std::vector<int64_t> idx(nd, 0);
+  const int64_t inner = shape[nd - 1];
+  const int64_t inner_stride = strides[nd - 1];
+  for (int64_t done = 0; done < n; done += inner) {
+    int64_t off = 0;
+    for (size_t i = 0; i + 1 < nd; ++i) off += idx[i] * strides[i];
+    const char* s = src + off * int64_t(es);
+    if (inner_stride == 1) {
+      std::memcpy(dst, s, size_t(inner) * es);
+      dst += size_t(inner) * es;
+    } else {
+      for (int64_t j = 0; j < inner; ++j) {
+        std::memcpy(dst, s + j * inner_stride * int64_t(es), es);
+        dst += es;
+      }
+    }
+    for (size_t i = nd - 1; i-- > 0;) {
+      if (++idx[i] < shape[i]) break;
+      idx[i] = 0;
+    }
+  }
+}
+}  // namespace
+
+Tensor Tensor::contiguous() const {
+  if (is_contiguous()) return *this;
+  return clone();
+}
+
+Tensor Tensor::clone() const {
+  SD_CHECK_ARG(defined(), "clone of an undefined tensor");
+  Tensor t = empty(shape_, dtype_, device_);
+  strided_copy(static_cast<const char*>(raw_data()), shape_, strides_, dtype_size(dtype_),
+               static_cast<char*>(t.raw_data()));
+  return t;
+}
+
+Tensor Tensor::to(DType dtype) const {
+  if (dtype == dtype_) return *this;
+  Tensor src = contiguous();
+  const size_t n = size_t(numel());
+  Tensor out = empty(shape_, dtype, device_);
+  if (dtype == DType::F32) {
+    convert_to_f32(src.raw_data(), dtype_, out.data<float>(), n);
+  } else {
+    std::vector<float> tmp(n);
+    convert_to_f32(src.raw_data(), dtype_, tmp.data(), n);
+    convert_from_f32(tmp.data(), out.raw_data(), dtype, n);
+  }
+  return out;
+}
+
+Tensor Tensor::to(Device device) const {
+  if (device == device_) return *this;
+  throw UnsupportedError("copy to " + device.str() + " is not available in this build");
+}
+
+std::vector<float> Tensor::to_vector() const {
+  Tensor src = contiguous();
+  std::vector<float> out(static_cast<size_t>(numel()));
+  convert_to_f32(src.raw_data(), dtype_, out.data(), out.size());
+  return out;
+}
+
+std::string Tensor::repr() const {
+  std::ostringstream os;
+  os << "Tensor(" << shape_str(shape_) << ", " << dtype_name(dtype_) << ", " << device_.str() << ")";
+  return os.str();
+}
+
+}  // namespace sdserve

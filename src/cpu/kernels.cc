@@ -1,0 +1,133 @@
+#include "cpu/kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "cpu/gemm.h"
+
+namespace sdserve::cpu {
+
+template <typename T>
+void embedding(const T* weight, int64_t vocab, int64_t dim, const int32_t* ids, int64_t n, T* out) {
+#pragma omp parallel for schedule(static) if (n * dim > 65536)
+  for (int64_t i = 0; i < n; ++i) std::memcpy(out + i * dim, weight + int64_t(ids[i]) * dim, size_t(dim) * sizeof(T));
+}
+
+template <typename T>
+void layer_norm(const T* x, const T* gamma, const T* beta, int64_t rows, int64_t dim, float eps, T* out) {
+#pragma omp parallel for schedule(static) if (rows * dim > 16384)
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * dim;
+    T* yr = out + r * dim;
+    // Two passes (mean, then centred variance) as PyTorch does: one-pass E[x^2]-E[x]^2 loses digits.
+    float mean = 0.f;
+    for (int64_t i = 0; i < dim; ++i) mean += to_float(xr[i]);
+    mean /= float(dim);
+    float var = 0.f;
+    for (int64_t i = 0; i < dim; ++i) {
+      const float d = to_float(xr[i]) - mean;
+      var += d * d;
+    }
+    var /= float(dim);
+    const float inv = 1.f / std::sqrt(var + eps);
+    for (int64_t i = 0; i < dim; ++i) {
+      float v = (to_float(xr[i]) - mean) * inv;
+      if (gamma) v *= to_float(gamma[i]);
+      if (beta) v += to_float(beta[i]);
+      yr[i] = from_float<T>(v);
+    }
+  }
+}
+
+template <typename T>
+void softmax_rows(const T* x, int64_t rows, int64_t cols, T* out) {
+#pragma omp parallel for schedule(static) if (rows * cols > 16384)
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * cols;
+    T* yr = out + r * cols;
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int64_t i = 0; i < cols; ++i) mx = std::max(mx, to_float(xr[i]));
+    if (mx == -std::numeric_limits<float>::infinity()) mx = 0.f;  // a fully masked row gives zeros, not NaN
+    float sum = 0.f;
+    for (int64_t i = 0; i < cols; ++i) {
+      const float e = std::exp(to_float(xr[i]) - mx);
+      yr[i] = from_float<T>(e);
+      sum += e;
+    }
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    for (int64_t i = 0; i < cols; ++i) yr[i] = from_float<T>(to_float(yr[i]) * inv);
+  }
+}
+
+namespace {
+inline float act(float v, ActKind k) {
+  switch (k) {
+    case ActKind::GELU: return 0.5f * v * (1.f + std::erf(v * 0.70710678118654752f));
+    case ActKind::GELUTanh: {
+      const float c = 0.7978845608028654f;  // sqrt(2/pi)
+      return 0.5f * v * (1.f + std::tanh(c * (v + 0.044715f * v * v * v)));
+    }
+    case ActKind::QuickGELU: return v / (1.f + std::exp(-1.702f * v));
+    case ActKind::SiLU: return v / (1.f + std::exp(-v));
+  }
+  return v;
+}
+}  // namespace
+
+template <typename T>
+void activation(const T* x, int64_t n, ActKind kind, T* out) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) out[i] = from_float<T>(act(to_float(x[i]), kind));
+}
+
+template <typename T>
+void add_broadcast(const T* a, int64_t na, const T* b, int64_t nb, T* out) {
+  const int64_t outer = nb == 0 ? 0 : na / nb;
+#pragma omp parallel for schedule(static) if (na > 65536)
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t i = 0; i < nb; ++i)
+      out[o * nb + i] = from_float<T>(to_float(a[o * nb + i]) + to_float(b[i]));
+}
+
+void linear_f32(const float* x, int64_t rows, int64_t in, const float* w, int64_t out, const float* bias, float* y) {
+  if (bias) {
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(y + r * out, bias, size_t(out) * sizeof(float));
+  }
+  sgemm(false, true, rows, out, in, 1.f, x, in, w, in, bias ? 1.f : 0.f, y, out);
+}
+
+void attention_f32(const float* q, const float* k, const float* v, int64_t tq, int64_t tk, int64_t d, int64_t dv,
+                   int64_t q_stride, int64_t k_stride, int64_t v_stride, int64_t o_stride, float scale, bool causal,
+                   float* o) {
+  // Score rows are computed a block at a time: the block stays in cache and memory is O(block * tk).
+  constexpr int64_t kBlock = 256;
+  std::vector<float> scores(size_t(std::min(tq, kBlock) * tk));
+  for (int64_t q0 = 0; q0 < tq; q0 += kBlock) {
+    const int64_t nq = std::min(kBlock, tq - q0);
+    float* s = scores.data();
+    sgemm(false, true, nq, tk, d, scale, q + q0 * q_stride, q_stride, k, k_stride, 0.f, s, tk);
+    if (causal) {
+      // Query i may attend to keys 0..i (queries and keys are the same positions).
+      for (int64_t i = 0; i < nq; ++i)
+        for (int64_t j = q0 + i + 1; j < tk; ++j) s[i * tk + j] = -std::numeric_limits<float>::infinity();
+    }
+    softmax_rows<float>(s, nq, tk, s);
+    sgemm(false, false, nq, dv, tk, 1.f, s, tk, v, v_stride, 0.f, o + q0 * o_stride, o_stride);
+  }
+}
+
+#define SD_INSTANTIATE(T)                                                                                 \
+  template void embedding<T>(const T*, int64_t, int64_t, const int32_t*, int64_t, T*);                   \
+  template void layer_norm<T>(const T*, const T*, const T*, int64_t, int64_t, float, T*);                 \
+  template void softmax_rows<T>(const T*, int64_t, int64_t, T*);                                          \
+  template void activation<T>(const T*, int64_t, ActKind, T*);                                            \
+  template void add_broadcast<T>(const T*, int64_t, const T*, int64_t, T*);
+SD_INSTANTIATE(float)
+SD_INSTANTIATE(half_t)
+SD_INSTANTIATE(bfloat16_t)
+#undef SD_INSTANTIATE
+
+}  // namespace sdserve::cpu

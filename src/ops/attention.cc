@@ -1,0 +1,49 @@
+#include "ops/attention.h"
+
+#include <cmath>
+
+#include "cpu/kernels.h"
+#include "ops/dispatch.h"
+
+namespace sdserve::ops {
+
+namespace {
+// Brings a [B, H, T, d] view to f32 with a contiguous last dimension, keeping other strides.
+Tensor as_f32_rows(const Tensor& t) {
+  Tensor r = t.to(DType::F32);
+  if (r.strides().back() != 1 && r.size(-1) > 1) r = r.contiguous();
+  return r;
+}
+}  // namespace
+
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, float scale) {
+  SD_CHECK_ARG(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "attention: q, k and v must be 4-D [B, H, T, d]");
+  const int64_t B = q.size(0), H = q.size(1), Tq = q.size(2), d = q.size(3);
+  const int64_t Tk = k.size(2), dv = v.size(3);
+  SD_CHECK_ARG(k.size(0) == B && k.size(1) == H && k.size(3) == d,
+               "attention: k " + shape_str(k.shape()) + " does not match q " + shape_str(q.shape()));
+  SD_CHECK_ARG(v.size(0) == B && v.size(1) == H && v.size(2) == Tk,
+               "attention: v " + shape_str(v.shape()) + " does not match k " + shape_str(k.shape()));
+  SD_CHECK_ARG(!causal || Tq == Tk, "attention: causal mask needs Tq == Tk");
+  check_same_dtype("attention", q, k);
+  check_same_dtype("attention", q, v);
+  check_same_device("attention", q, k);
+  check_same_device("attention", q, v);
+  if (q.device().type != DeviceType::CPU) no_backend("attention", q.device());
+  if (scale <= 0.f) scale = 1.f / std::sqrt(float(d));
+  const Tensor qf = as_f32_rows(q), kf = as_f32_rows(k), vf = as_f32_rows(v);
+  Tensor out = Tensor::empty({B, H, Tq, dv}, DType::F32, q.device());
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t h = 0; h < H; ++h) {
+      const float* qp = qf.data<float>() + b * qf.strides()[0] + h * qf.strides()[1];
+      const float* kp = kf.data<float>() + b * kf.strides()[0] + h * kf.strides()[1];
+      const float* vp = vf.data<float>() + b * vf.strides()[0] + h * vf.strides()[1];
+      float* op = out.data<float>() + (b * H + h) * Tq * dv;
+      cpu::attention_f32(qp, kp, vp, Tq, Tk, d, dv, qf.strides()[2], kf.strides()[2], vf.strides()[2], dv, scale,
+                         causal, op);
+    }
+  }
+  return q.dtype() == DType::F32 ? out : out.to(q.dtype());
+}
+
+}  // namespace sdserve::ops

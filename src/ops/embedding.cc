@@ -1,0 +1,29 @@
+#include "ops/embedding.h"
+
+#include "cpu/kernels.h"
+#include "ops/dispatch.h"
+
+namespace sdserve::ops {
+
+Tensor embedding(const Tensor& weight, const Tensor& ids) {
+  SD_CHECK_ARG(weight.dim() == 2, "embedding: weight must be 2-D, got " + shape_str(weight.shape()));
+  SD_CHECK_ARG(ids.dtype() == DType::I32, std::string("embedding: ids must be i32, got ") + dtype_name(ids.dtype()));
+  check_same_device("embedding", weight, ids);
+  const Tensor w = weight.contiguous();
+  const Tensor idc = ids.contiguous();
+  const int64_t vocab = w.size(0), dim = w.size(1), n = idc.numel();
+  const int32_t* id = idc.data<int32_t>();
+  for (int64_t i = 0; i < n; ++i)
+    SD_CHECK_ARG(id[i] >= 0 && id[i] < vocab,
+                 "embedding: token id " + std::to_string(id[i]) + " out of range [0, " + std::to_string(vocab) + ")");
+  Shape out_shape = idc.shape();
+  out_shape.push_back(dim);
+  Tensor out = Tensor::empty(out_shape, w.dtype(), w.device());
+  if (w.device().type != DeviceType::CPU) no_backend("embedding", w.device());
+  SD_DISPATCH_FLOAT(w.dtype(), "embedding", [&] {
+    cpu::embedding<scalar_t>(w.data<scalar_t>(), vocab, dim, id, n, out.data<scalar_t>());
+  });
+  return out;
+}
+
+}  // namespace sdserve::ops

@@ -1,0 +1,36 @@
+#include "ops/linear.h"
+
+#include "cpu/kernels.h"
+#include "ops/dispatch.h"
+
+namespace sdserve::ops {
+
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor* bias) {
+  SD_CHECK_ARG(weight.dim() == 2, "linear: weight must be 2-D, got " + shape_str(weight.shape()));
+  SD_CHECK_ARG(x.dim() >= 1, "linear: input must have at least one dimension");
+  const int64_t in = weight.size(1), out_f = weight.size(0);
+  SD_CHECK_ARG(x.size(-1) == in, "linear: input " + shape_str(x.shape()) + " does not match weight " +
+                                     shape_str(weight.shape()));
+  check_same_dtype("linear", x, weight);
+  check_same_device("linear", x, weight);
+  if (bias) {
+    SD_CHECK_ARG(bias->dim() == 1 && bias->size(0) == out_f,
+                 "linear: bias " + shape_str(bias->shape()) + " does not match weight " + shape_str(weight.shape()));
+    check_same_dtype("linear", x, *bias);
+  }
+  if (x.device().type != DeviceType::CPU) no_backend("linear", x.device());
+  Shape out_shape = x.shape();
+  out_shape.back() = out_f;
+  const int64_t rows = x.numel() / std::max<int64_t>(in, 1);
+  const bool f32 = x.dtype() == DType::F32;
+  const Tensor xf = x.to(DType::F32).contiguous();
+  const Tensor wf = weight.to(DType::F32).contiguous();
+  Tensor bf;
+  if (bias) bf = bias->to(DType::F32).contiguous();
+  Tensor y = Tensor::empty(out_shape, DType::F32, x.device());
+  cpu::linear_f32(xf.data<float>(), rows, in, wf.data<float>(), out_f, bias ? bf.data<float>() : nullptr,
+                  y.data<float>());
+  return f32 ? y : y.to(x.dtype());
+}
+
+}  // namespace sdserve::ops

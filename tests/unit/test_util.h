@@ -1,0 +1,67 @@
+// Shared helpers for the unit tests: device/dtype parameters with per-dtype
+// tolerances (CTranslate2-style), deterministic random tensors, comparisons.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace sdserve::test {
+
+struct DeviceDType {
+  Device device;
+  DType dtype;
+  double atol;  // absolute tolerance against a double-precision reference
+  double rtol;
+};
+
+inline std::string param_name(const testing::TestParamInfo<DeviceDType>& info) {
+  std::string d = info.param.device.type == DeviceType::CPU ? "cpu" : "cuda";
+  return d + "_" + dtype_name(info.param.dtype);
+}
+
+// Every (device, dtype) this build can run. CUDA entries appear only in CUDA builds.
+inline std::vector<DeviceDType> all_device_dtypes() {
+  std::vector<DeviceDType> v = {
+      {Device::cpu(), DType::F32, 1e-5, 1e-5},
+      {Device::cpu(), DType::F16, 2e-2, 1e-2},   // 11-bit mantissa on inputs and outputs
+      {Device::cpu(), DType::BF16, 1e-1, 2e-2},  // 8-bit mantissa
+  };
+  return v;
+}
+
+inline std::vector<float> random_values(size_t n, uint32_t seed, float lo = -1.f, float hi = 1.f) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(gen);
+  return v;
+}
+
+// Values as the tensor actually stores them (after rounding to its dtype).
+inline std::vector<double> stored(const Tensor& t) {
+  std::vector<float> f = t.to_vector();
+  return std::vector<double>(f.begin(), f.end());
+}
+
+inline void expect_close(const std::vector<float>& got, const std::vector<double>& want, double atol, double rtol,
+                         const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  double worst = 0;
+  size_t worst_i = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double err = std::abs(double(got[i]) - want[i]) - rtol * std::abs(want[i]);
+    if (!(err <= worst) || std::isnan(got[i])) {
+      worst = std::isnan(got[i]) ? INFINITY : err;
+      worst_i = i;
+    }
+  }
+  EXPECT_LE(worst, atol) << what << ": worst element " << worst_i << " got " << got[worst_i] << " want "
+                         << want[worst_i];
+}
+
+}  // namespace sdserve::test
