@@ -1,7 +1,5 @@
 #include "io/weights.h"
 
-#include <cstdint>
-
 namespace sdserve {
 
 WeightSource::WeightSource(std::vector<std::shared_ptr<const SafeTensorsFile>> files, std::string prefix)
@@ -25,12 +23,8 @@ bool WeightSource::has(std::string_view name) const { return info(name) != nullp
 Tensor WeightSource::get(std::string_view name, DType dtype) const {
   const std::string full = prefix_ + std::string(name);
   for (const auto& f : files_)
-    if (f->contains(full)) {
-      Tensor t = f->get_as(full, dtype);
-      // Zero-copy views can be misaligned inside the file; our kernels read T* directly.
-      if (reinterpret_cast<uintptr_t>(t.raw_data()) % dtype_size(dtype) != 0) t = t.clone();
-      return t;
-    }
+    // get_as returns an aligned copy whenever the zero-copy view would be misaligned.
+    if (f->contains(full)) return f->get_as(full, dtype);
   throw NotFoundError(describe() + ": missing tensor '" + full + "'");
 }
 

@@ -252,7 +252,8 @@ ClipTextModel::Output ClipTextModel::forward(const Tensor& ids, int clip_skip, b
       std::memcpy(static_cast<char*>(pooled.raw_data()) + size_t(b * D) * dtype_size(dt),
                   last.select(0, b).select(0, pos).contiguous().raw_data(), size_t(D) * dtype_size(dt));
     }
-    out.pooled = text_projection_.defined() ? ops::linear(pooled, text_projection_) : pooled;
+    out.pooled = pooled;
+    if (text_projection_.defined()) out.text_embeds = ops::linear(pooled, text_projection_);
   }
   return out;
 }

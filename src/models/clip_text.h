@@ -49,7 +49,8 @@ class ClipTextModel {
  public:
   struct Output {
     Tensor hidden;  // [B, T, hidden], final layer norm applied
-    Tensor pooled;  // [B, hidden] (or [B, projection_dim] when projected); only if asked
+    Tensor pooled;       // [B, hidden]: last layer at the EOS token (transformers' pooler_output); if asked
+    Tensor text_embeds;  // [B, projection_dim]: pooled @ text_projection, when the tower has one (SDXL)
   };
 
   // Loads weights named in `layout` under `src` (whose prefix is already set).
