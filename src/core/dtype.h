@@ -10,10 +10,21 @@
 namespace sdserve {
 
 enum class DType : uint8_t {
-  F32, F16, BF16, F64,
-  I8, I16, I32, I64,
-  U8, U16, U32, U64,
-  Bool, F8E4M3, F8E5M2,
+  F32,
+  F16,
+  BF16,
+  F64,
+  I8,
+  I16,
+  I32,
+  I64,
+  U8,
+  U16,
+  U32,
+  U64,
+  Bool,
+  F8E4M3,
+  F8E5M2,
 };
 
 size_t dtype_size(DType t) noexcept;
@@ -25,8 +36,8 @@ std::optional<DType> dtype_from_safetensors(std::string_view s) noexcept;
 // Parses "f32" / "f16" / "bf16" (also "float32", "fp16", ...); throws InvalidArgument.
 DType parse_compute_dtype(std::string_view s);
 inline bool is_float(DType t) noexcept {
-  return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::F64 ||
-         t == DType::F8E4M3 || t == DType::F8E5M2;
+  return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::F64 || t == DType::F8E4M3 ||
+         t == DType::F8E5M2;
 }
 
 // IEEE binary16 and bfloat16 stored as raw bits. Conversions round to nearest even.
@@ -64,19 +75,51 @@ float f8e5m2_to_f32(uint8_t v) noexcept;
 inline float to_float(float v) { return v; }
 inline float to_float(half_t v) { return f16_to_f32(v.bits); }
 inline float to_float(bfloat16_t v) { return bf16_to_f32(v.bits); }
-template <typename T> T from_float(float f);
-template <> inline float from_float<float>(float f) { return f; }
-template <> inline half_t from_float<half_t>(float f) { return half_t{f32_to_f16(f)}; }
-template <> inline bfloat16_t from_float<bfloat16_t>(float f) { return bfloat16_t{f32_to_bf16(f)}; }
+template <typename T>
+T from_float(float f);
+template <>
+inline float from_float<float>(float f) {
+  return f;
+}
+template <>
+inline half_t from_float<half_t>(float f) {
+  return half_t{f32_to_f16(f)};
+}
+template <>
+inline bfloat16_t from_float<bfloat16_t>(float f) {
+  return bfloat16_t{f32_to_bf16(f)};
+}
 
-template <typename T> struct dtype_of;
-template <> struct dtype_of<float> { static constexpr DType value = DType::F32; };
-template <> struct dtype_of<half_t> { static constexpr DType value = DType::F16; };
-template <> struct dtype_of<bfloat16_t> { static constexpr DType value = DType::BF16; };
-template <> struct dtype_of<double> { static constexpr DType value = DType::F64; };
-template <> struct dtype_of<int32_t> { static constexpr DType value = DType::I32; };
-template <> struct dtype_of<int64_t> { static constexpr DType value = DType::I64; };
-template <> struct dtype_of<uint8_t> { static constexpr DType value = DType::U8; };
+template <typename T>
+struct dtype_of;
+template <>
+struct dtype_of<float> {
+  static constexpr DType value = DType::F32;
+};
+template <>
+struct dtype_of<half_t> {
+  static constexpr DType value = DType::F16;
+};
+template <>
+struct dtype_of<bfloat16_t> {
+  static constexpr DType value = DType::BF16;
+};
+template <>
+struct dtype_of<double> {
+  static constexpr DType value = DType::F64;
+};
+template <>
+struct dtype_of<int32_t> {
+  static constexpr DType value = DType::I32;
+};
+template <>
+struct dtype_of<int64_t> {
+  static constexpr DType value = DType::I64;
+};
+template <>
+struct dtype_of<uint8_t> {
+  static constexpr DType value = DType::U8;
+};
 
 // Converts n elements of src (any float or integer dtype) into f32.
 void convert_to_f32(const void* src, DType src_type, float* dst, size_t n);
@@ -86,14 +129,23 @@ void convert_from_f32(const float* src, void* dst, DType dst_type, size_t n);
 }  // namespace sdserve
 
 // Runs `body` with `scalar_t` bound to the C++ type of a compute dtype.
-#define SD_DISPATCH_FLOAT(dtype, name, ...)                                        \
-  [&] {                                                                            \
-    switch (dtype) {                                                               \
-      case ::sdserve::DType::F32: { using scalar_t = float; return __VA_ARGS__(); } \
-      case ::sdserve::DType::F16: { using scalar_t = ::sdserve::half_t; return __VA_ARGS__(); } \
-      case ::sdserve::DType::BF16: { using scalar_t = ::sdserve::bfloat16_t; return __VA_ARGS__(); } \
-      default:                                                                     \
-        throw ::sdserve::UnsupportedError(std::string(name) + ": dtype " +         \
-                                          ::sdserve::dtype_name(dtype) + " is not supported"); \
-    }                                                                              \
+#define SD_DISPATCH_FLOAT(dtype, name, ...)                                                               \
+  [&] {                                                                                                   \
+    switch (dtype) {                                                                                      \
+      case ::sdserve::DType::F32: {                                                                       \
+        using scalar_t = float;                                                                           \
+        return __VA_ARGS__();                                                                             \
+      }                                                                                                   \
+      case ::sdserve::DType::F16: {                                                                       \
+        using scalar_t = ::sdserve::half_t;                                                               \
+        return __VA_ARGS__();                                                                             \
+      }                                                                                                   \
+      case ::sdserve::DType::BF16: {                                                                      \
+        using scalar_t = ::sdserve::bfloat16_t;                                                           \
+        return __VA_ARGS__();                                                                             \
+      }                                                                                                   \
+      default:                                                                                            \
+        throw ::sdserve::UnsupportedError(std::string(name) + ": dtype " + ::sdserve::dtype_name(dtype) + \
+                                          " is not supported");                                           \
+    }                                                                                                     \
   }()

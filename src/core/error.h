@@ -48,7 +48,7 @@ struct InternalError : Error {
 }  // namespace sdserve
 
 // Shape/argument checks that throw InvalidArgument with the failing condition.
-#define SD_CHECK_ARG(cond, msg)                                              \
-  do {                                                                       \
-    if (!(cond)) throw ::sdserve::InvalidArgument(std::string(msg));         \
+#define SD_CHECK_ARG(cond, msg)                                      \
+  do {                                                               \
+    if (!(cond)) throw ::sdserve::InvalidArgument(std::string(msg)); \
   } while (0)

@@ -56,8 +56,7 @@ Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
   return t;
 }
 
-Tensor Tensor::from_blob(void* data, const Shape& shape, DType dtype, std::shared_ptr<void> keepalive,
-                         Device device) {
+Tensor Tensor::from_blob(void* data, const Shape& shape, DType dtype, std::shared_ptr<void> keepalive, Device device) {
   Tensor t;
   // Aliasing constructor: the tensor points at `data` but shares ownership of `keepalive`.
   t.buf_ = std::shared_ptr<void>(std::move(keepalive), data);
@@ -127,9 +126,7 @@ Tensor Tensor::view(const Shape& shape) const {
   return t;
 }
 
-Tensor Tensor::reshape(const Shape& shape) const {
-  return is_contiguous() ? view(shape) : contiguous().view(shape);
-}
+Tensor Tensor::reshape(const Shape& shape) const { return is_contiguous() ? view(shape) : contiguous().view(shape); }
 
 Tensor Tensor::transpose(int64_t d0, int64_t d1) const {
   const int64_t n = dim();

@@ -69,16 +69,20 @@ bool gemm_backend_available(GemmBackend b) {
 #else
       return false;
 #endif
-    case GemmBackend::Reference: return true;
+    case GemmBackend::Reference:
+      return true;
   }
   return false;
 }
 
 const char* gemm_backend_name(GemmBackend b) {
   switch (b) {
-    case GemmBackend::OneDNN: return "onednn";
-    case GemmBackend::OpenBLAS: return "openblas";
-    case GemmBackend::Reference: return "reference";
+    case GemmBackend::OneDNN:
+      return "onednn";
+    case GemmBackend::OpenBLAS:
+      return "openblas";
+    case GemmBackend::Reference:
+      return "reference";
   }
   return "?";
 }
@@ -91,8 +95,8 @@ void set_gemm_backend(GemmBackend b) {
   backend_slot().store(b);
 }
 
-void sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
-           const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+void sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda, const float* b,
+           int64_t ldb, float beta, float* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
   switch (gemm_backend()) {
 #ifdef SDSERVE_WITH_ONEDNN
@@ -104,8 +108,8 @@ void sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const
 #endif
 #ifdef SDSERVE_WITH_OPENBLAS
     case GemmBackend::OpenBLAS:
-      cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(m), int(n),
-                  int(k), alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
+      cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(m), int(n), int(k),
+                  alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
       return;
 #endif
     default:

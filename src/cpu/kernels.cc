@@ -65,13 +65,16 @@ void softmax_rows(const T* x, int64_t rows, int64_t cols, T* out) {
 namespace {
 inline float act(float v, ActKind k) {
   switch (k) {
-    case ActKind::GELU: return 0.5f * v * (1.f + std::erf(v * 0.70710678118654752f));
+    case ActKind::GELU:
+      return 0.5f * v * (1.f + std::erf(v * 0.70710678118654752f));
     case ActKind::GELUTanh: {
       const float c = 0.7978845608028654f;  // sqrt(2/pi)
       return 0.5f * v * (1.f + std::tanh(c * (v + 0.044715f * v * v * v)));
     }
-    case ActKind::QuickGELU: return v / (1.f + std::exp(-1.702f * v));
-    case ActKind::SiLU: return v / (1.f + std::exp(-v));
+    case ActKind::QuickGELU:
+      return v / (1.f + std::exp(-1.702f * v));
+    case ActKind::SiLU:
+      return v / (1.f + std::exp(-v));
   }
   return v;
 }
@@ -88,8 +91,7 @@ void add_broadcast(const T* a, int64_t na, const T* b, int64_t nb, T* out) {
   const int64_t outer = nb == 0 ? 0 : na / nb;
 #pragma omp parallel for schedule(static) if (na > 65536)
   for (int64_t o = 0; o < outer; ++o)
-    for (int64_t i = 0; i < nb; ++i)
-      out[o * nb + i] = from_float<T>(to_float(a[o * nb + i]) + to_float(b[i]));
+    for (int64_t i = 0; i < nb; ++i) out[o * nb + i] = from_float<T>(to_float(a[o * nb + i]) + to_float(b[i]));
 }
 
 void linear_f32(const float* x, int64_t rows, int64_t in, const float* w, int64_t out, const float* bias, float* y) {
@@ -119,11 +121,11 @@ void attention_f32(const float* q, const float* k, const float* v, int64_t tq, i
   }
 }
 
-#define SD_INSTANTIATE(T)                                                                                 \
-  template void embedding<T>(const T*, int64_t, int64_t, const int32_t*, int64_t, T*);                   \
-  template void layer_norm<T>(const T*, const T*, const T*, int64_t, int64_t, float, T*);                 \
-  template void softmax_rows<T>(const T*, int64_t, int64_t, T*);                                          \
-  template void activation<T>(const T*, int64_t, ActKind, T*);                                            \
+#define SD_INSTANTIATE(T)                                                                 \
+  template void embedding<T>(const T*, int64_t, int64_t, const int32_t*, int64_t, T*);    \
+  template void layer_norm<T>(const T*, const T*, const T*, int64_t, int64_t, float, T*); \
+  template void softmax_rows<T>(const T*, int64_t, int64_t, T*);                          \
+  template void activation<T>(const T*, int64_t, ActKind, T*);                            \
   template void add_broadcast<T>(const T*, int64_t, const T*, int64_t, T*);
 SD_INSTANTIATE(float)
 SD_INSTANTIATE(half_t)

@@ -32,10 +32,14 @@ Tensor hash_init_tensor(const std::string& name, const Shape& shape) {
   const int64_t n = t.numel();
   const uint64_t seed = fnv1a64(name);
   enum { Norm, Bias, Embed, Linear } kind;
-  if (ends_with(name, ".weight") && name.find("norm") != std::string::npos) kind = Norm;
-  else if (ends_with(name, ".bias")) kind = Bias;
-  else if (name.find("embedding") != std::string::npos) kind = Embed;
-  else kind = Linear;
+  if (ends_with(name, ".weight") && name.find("norm") != std::string::npos)
+    kind = Norm;
+  else if (ends_with(name, ".bias"))
+    kind = Bias;
+  else if (name.find("embedding") != std::string::npos)
+    kind = Embed;
+  else
+    kind = Linear;
   // Fan-in: `in` of a Linear [out, in], in*kh*kw of a conv kernel [out, in, kh, kw].
   float lin_scale = 1.f;
   if (kind == Linear) {
@@ -56,9 +60,15 @@ Tensor hash_init_tensor(const std::string& name, const Shape& shape) {
         out = 1.f + s;
         break;
       }
-      case Bias: out = v * 0.05f; break;
-      case Embed: out = v * 0.05f; break;
-      default: out = v * lin_scale; break;
+      case Bias:
+        out = v * 0.05f;
+        break;
+      case Embed:
+        out = v * 0.05f;
+        break;
+      default:
+        out = v * lin_scale;
+        break;
     }
     p[i] = out;
   }

@@ -10,11 +10,16 @@ namespace sdserve {
 
 const char* family_name(ModelFamily f) {
   switch (f) {
-    case ModelFamily::SD1: return "SD1.x";
-    case ModelFamily::SD2: return "SD2.x";
-    case ModelFamily::SDXL: return "SDXL";
-    case ModelFamily::SDXLRefiner: return "SDXL refiner";
-    case ModelFamily::Unknown: return "unknown";
+    case ModelFamily::SD1:
+      return "SD1.x";
+    case ModelFamily::SD2:
+      return "SD2.x";
+    case ModelFamily::SDXL:
+      return "SDXL";
+    case ModelFamily::SDXLRefiner:
+      return "SDXL refiner";
+    case ModelFamily::Unknown:
+      return "unknown";
   }
   return "unknown";
 }
@@ -53,10 +58,12 @@ std::vector<fs::path> component_weight_files(const fs::path& dir) {
           throw ModelFormatError(index.string() + ": no weight_map object");
         std::set<std::string> shards;
         for (const auto& [k, v] : j["weight_map"].items()) {
-          if (!v.is_string()) throw ModelFormatError(index.string() + ": weight_map value for '" + k + "' is not a string");
+          if (!v.is_string())
+            throw ModelFormatError(index.string() + ": weight_map value for '" + k + "' is not a string");
           const std::string f = v.get<std::string>();
           // Shard names must stay inside the component folder.
-          if (f.empty() || f.find('/') != std::string::npos || f.find('\\') != std::string::npos || f == "." || f == "..")
+          if (f.empty() || f.find('/') != std::string::npos || f.find('\\') != std::string::npos || f == "." ||
+              f == "..")
             throw ModelFormatError(index.string() + ": bad shard file name '" + f + "'");
           shards.insert(f);
         }
@@ -80,10 +87,14 @@ ModelFamily family_from_single(const SafeTensorsFile& f, TextEncoderLayout& te) 
   bool sd1_te = false, sd2_te = false, xl0 = false, xl1 = false;
   for (const TensorInfo& t : f.tensors()) {
     const std::string& n = t.name;
-    if (starts_with(n, "cond_stage_model.transformer.")) sd1_te = true;
-    else if (starts_with(n, "cond_stage_model.model.transformer.resblocks.")) sd2_te = true;
-    else if (starts_with(n, "conditioner.embedders.0.")) xl0 = true;
-    else if (starts_with(n, "conditioner.embedders.1.")) xl1 = true;
+    if (starts_with(n, "cond_stage_model.transformer."))
+      sd1_te = true;
+    else if (starts_with(n, "cond_stage_model.model.transformer.resblocks."))
+      sd2_te = true;
+    else if (starts_with(n, "conditioner.embedders.0."))
+      xl0 = true;
+    else if (starts_with(n, "conditioner.embedders.1."))
+      xl1 = true;
   }
   if (xl1) return te = TextEncoderLayout::HF, ModelFamily::SDXL;
   if (xl0) {
@@ -125,8 +136,9 @@ ModelFiles ModelFiles::open_impl(const std::string& path) {
     const fs::path index = m.root_ / "model_index.json";
     if (!fs::is_regular_file(index)) {
       if (fs::is_regular_file(m.root_ / "config.json"))
-        throw NotFoundError(path + ": no model_index.json; this looks like a single component folder, "
-                                   "pass the pipeline folder that contains it");
+        throw NotFoundError(path +
+                            ": no model_index.json; this looks like a single component folder, "
+                            "pass the pipeline folder that contains it");
       throw NotFoundError(path + ": not a diffusers model folder (no model_index.json)");
     }
     const nlohmann::json mi = read_json_file(index);
@@ -176,7 +188,8 @@ ModelFiles ModelFiles::open_impl(const std::string& path) {
       m.info_.components.push_back("unet");
       if (in->shape.size() == 4) m.info_.unet_in_channels = in->shape[1];
     }
-    if (const TensorInfo* k = m.single_->find("model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"))
+    if (const TensorInfo* k =
+            m.single_->find("model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"))
       if (k->shape.size() == 2) m.info_.context_dim = k->shape[1];
     if (m.single_->contains("first_stage_model.decoder.conv_in.weight")) m.info_.components.push_back("vae");
   }
@@ -193,11 +206,20 @@ WeightSource ModelFiles::component(const std::string& name) const {
   std::string prefix;
   if (name == "text_encoder") {
     switch (info_.family) {
-      case ModelFamily::SD1: prefix = "cond_stage_model.transformer."; break;
-      case ModelFamily::SD2: prefix = "cond_stage_model.model."; break;
-      case ModelFamily::SDXL: prefix = "conditioner.embedders.0.transformer."; break;
-      case ModelFamily::SDXLRefiner: prefix = "conditioner.embedders.0.model."; break;
-      default: break;
+      case ModelFamily::SD1:
+        prefix = "cond_stage_model.transformer.";
+        break;
+      case ModelFamily::SD2:
+        prefix = "cond_stage_model.model.";
+        break;
+      case ModelFamily::SDXL:
+        prefix = "conditioner.embedders.0.transformer.";
+        break;
+      case ModelFamily::SDXLRefiner:
+        prefix = "conditioner.embedders.0.model.";
+        break;
+      default:
+        break;
     }
   } else if (name == "text_encoder_2" && info_.family == ModelFamily::SDXL) {
     prefix = "conditioner.embedders.1.model.";

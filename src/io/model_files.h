@@ -31,11 +31,11 @@ struct ModelInfo {
   std::string path;
   ModelLayout layout = ModelLayout::SingleFile;
   ModelFamily family = ModelFamily::Unknown;
-  bool inpaint = false;            // UNet takes 9 input channels (latents + mask + masked image)
-  int64_t unet_in_channels = 0;    // 0 when there is no UNet
-  int64_t context_dim = 0;         // UNet cross-attention width
-  size_t tensor_count = 0;         // over every weight file of the model
-  uint64_t weight_bytes = 0;       // bytes of tensor data
+  bool inpaint = false;                 // UNet takes 9 input channels (latents + mask + masked image)
+  int64_t unet_in_channels = 0;         // 0 when there is no UNet
+  int64_t context_dim = 0;              // UNet cross-attention width
+  size_t tensor_count = 0;              // over every weight file of the model
+  uint64_t weight_bytes = 0;            // bytes of tensor data
   std::vector<std::string> components;  // which of text_encoder, unet, vae, ... are present
   TextEncoderLayout text_encoder_layout = TextEncoderLayout::None;
 };

@@ -1,10 +1,10 @@
 #include "models/clip_text.h"
 
 #include <algorithm>
+#include <cstring>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <cstring>
 
 #include "ops/add.h"
 #include "ops/attention.h"
@@ -19,7 +19,8 @@ namespace {
 int64_t jint(const nlohmann::json& j, const char* key, int64_t def) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return def;
-  if (!it->is_number_integer()) throw ModelFormatError(std::string("text encoder config: '") + key + "' must be an integer");
+  if (!it->is_number_integer())
+    throw ModelFormatError(std::string("text encoder config: '") + key + "' must be an integer");
   return it->get<int64_t>();
 }
 
@@ -27,8 +28,8 @@ int64_t jint(const nlohmann::json& j, const char* key, int64_t def) {
 Tensor load_checked(const WeightSource& src, const std::string& name, const Shape& shape, DType dtype) {
   Tensor t = src.get(name, dtype);
   if (t.shape() != shape)
-    throw ModelFormatError(src.describe() + ": tensor '" + src.prefix() + name + "' has shape " +
-                           shape_str(t.shape()) + ", expected " + shape_str(shape));
+    throw ModelFormatError(src.describe() + ": tensor '" + src.prefix() + name + "' has shape " + shape_str(t.shape()) +
+                           ", expected " + shape_str(shape));
   return t;
 }
 
@@ -55,7 +56,8 @@ ClipTextConfig ClipTextConfig::from_json(const nlohmann::json& j) {
     if (!t["hidden_act"].is_string()) throw ModelFormatError("text encoder config: 'hidden_act' must be a string");
     c.act = ops::activation_from_name(t["hidden_act"].get<std::string>());
   }
-  if (t.contains("layer_norm_eps") && t["layer_norm_eps"].is_number()) c.layer_norm_eps = t["layer_norm_eps"].get<float>();
+  if (t.contains("layer_norm_eps") && t["layer_norm_eps"].is_number())
+    c.layer_norm_eps = t["layer_norm_eps"].get<float>();
   c.bos_id = int32_t(jint(t, "bos_token_id", c.bos_id));
   c.eos_id = int32_t(jint(t, "eos_token_id", c.eos_id));
   c.pad_id = int32_t(jint(t, "pad_token_id", c.pad_id));
@@ -102,7 +104,8 @@ ClipTextConfig ClipTextModel::infer_config(const WeightSource& src, ClipWeightLa
     if (k.compare(0, layer_prefix.size(), layer_prefix) != 0) continue;
     const size_t dot = k.find('.', layer_prefix.size());
     const std::string num = k.substr(layer_prefix.size(), dot - layer_prefix.size());
-    if (!num.empty() && num.size() < 6 && std::all_of(num.begin(), num.end(), ::isdigit)) layer_ids.insert(std::stoll(num));
+    if (!num.empty() && num.size() < 6 && std::all_of(num.begin(), num.end(), ::isdigit))
+      layer_ids.insert(std::stoll(num));
   }
   if (layer_ids.empty() || *layer_ids.begin() != 0 || *layer_ids.rbegin() + 1 != int64_t(layer_ids.size()))
     throw ModelFormatError(src.describe() + ": text encoder layers under '" + src.prefix() + layer_prefix +
@@ -128,7 +131,8 @@ ClipTextModel ClipTextModel::load(const ClipTextConfig& cfg, const WeightSource&
   if (layout == ClipWeightLayout::HF) {
     const std::string r = hf_root(src);
     m.token_embedding_ = load_checked(src, r + "embeddings.token_embedding.weight", {cfg.vocab_size, D}, dtype);
-    m.position_embedding_ = load_checked(src, r + "embeddings.position_embedding.weight", {cfg.max_positions, D}, dtype);
+    m.position_embedding_ =
+        load_checked(src, r + "embeddings.position_embedding.weight", {cfg.max_positions, D}, dtype);
     for (int64_t i = 0; i < cfg.num_layers; ++i) {
       const std::string p = r + "encoder.layers." + std::to_string(i) + ".";
       ClipTextLayer L;
@@ -203,9 +207,9 @@ ClipTextModel::Output ClipTextModel::forward(const Tensor& ids, int clip_skip, b
   const int64_t B = ids.size(0), T = ids.size(1), D = cfg_.hidden_size, H = cfg_.num_heads, hd = D / H;
   SD_CHECK_ARG(T >= 1 && T <= cfg_.max_positions,
                "text encoder: " + std::to_string(T) + " tokens, at most " + std::to_string(cfg_.max_positions));
-  SD_CHECK_ARG(clip_skip >= 1 && clip_skip <= cfg_.num_layers,
-               "clip skip must be between 1 and " + std::to_string(cfg_.num_layers) + ", got " +
-                   std::to_string(clip_skip));
+  SD_CHECK_ARG(
+      clip_skip >= 1 && clip_skip <= cfg_.num_layers,
+      "clip skip must be between 1 and " + std::to_string(cfg_.num_layers) + ", got " + std::to_string(clip_skip));
   const DType dt = token_embedding_.dtype();
 
   Tensor x = ops::add(ops::embedding(token_embedding_, ids), position_embedding_.narrow(0, 0, T));

@@ -48,7 +48,7 @@ struct ClipTextLayer {
 class ClipTextModel {
  public:
   struct Output {
-    Tensor hidden;  // [B, T, hidden], final layer norm applied
+    Tensor hidden;       // [B, T, hidden], final layer norm applied
     Tensor pooled;       // [B, hidden]: last layer at the EOS token (transformers' pooler_output); if asked
     Tensor text_embeds;  // [B, projection_dim]: pooled @ text_projection, when the tower has one (SDXL)
   };

@@ -15,10 +15,14 @@ Activation activation_from_name(std::string_view n) {
 
 const char* activation_name(Activation a) {
   switch (a) {
-    case Activation::GELU: return "gelu";
-    case Activation::GELUTanh: return "gelu_tanh";
-    case Activation::QuickGELU: return "quick_gelu";
-    case Activation::SiLU: return "silu";
+    case Activation::GELU:
+      return "gelu";
+    case Activation::GELUTanh:
+      return "gelu_tanh";
+    case Activation::QuickGELU:
+      return "quick_gelu";
+    case Activation::SiLU:
+      return "silu";
   }
   return "?";
 }
@@ -28,9 +32,8 @@ Tensor activation(const Tensor& x, Activation kind) {
   const Tensor xc = x.contiguous();
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   const auto k = static_cast<cpu::ActKind>(static_cast<int>(kind));
-  SD_DISPATCH_FLOAT(x.dtype(), "activation", [&] {
-    cpu::activation<scalar_t>(xc.data<scalar_t>(), xc.numel(), k, out.data<scalar_t>());
-  });
+  SD_DISPATCH_FLOAT(x.dtype(), "activation",
+                    [&] { cpu::activation<scalar_t>(xc.data<scalar_t>(), xc.numel(), k, out.data<scalar_t>()); });
   return out;
 }
 

@@ -4,4 +4,4 @@
 namespace sdserve::ops {
 // a + b where b's shape equals a trailing part of a's shape (b broadcasts over a's leading dims).
 Tensor add(const Tensor& a, const Tensor& b);
-}
+}  // namespace sdserve::ops

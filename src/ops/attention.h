@@ -7,4 +7,4 @@ namespace sdserve::ops {
 // dimension is contiguous. `causal` masks key j > query i (requires Tq == Tk).
 // scale <= 0 means 1/sqrt(d).
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, float scale = 0.f);
-}
+}  // namespace sdserve::ops

@@ -20,9 +20,8 @@ Tensor embedding(const Tensor& weight, const Tensor& ids) {
   out_shape.push_back(dim);
   Tensor out = Tensor::empty(out_shape, w.dtype(), w.device());
   if (w.device().type != DeviceType::CPU) no_backend("embedding", w.device());
-  SD_DISPATCH_FLOAT(w.dtype(), "embedding", [&] {
-    cpu::embedding<scalar_t>(w.data<scalar_t>(), vocab, dim, id, n, out.data<scalar_t>());
-  });
+  SD_DISPATCH_FLOAT(w.dtype(), "embedding",
+                    [&] { cpu::embedding<scalar_t>(w.data<scalar_t>(), vocab, dim, id, n, out.data<scalar_t>()); });
   return out;
 }
 

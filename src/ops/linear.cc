@@ -9,8 +9,8 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor* bias) {
   SD_CHECK_ARG(weight.dim() == 2, "linear: weight must be 2-D, got " + shape_str(weight.shape()));
   SD_CHECK_ARG(x.dim() >= 1, "linear: input must have at least one dimension");
   const int64_t in = weight.size(1), out_f = weight.size(0);
-  SD_CHECK_ARG(x.size(-1) == in, "linear: input " + shape_str(x.shape()) + " does not match weight " +
-                                     shape_str(weight.shape()));
+  SD_CHECK_ARG(x.size(-1) == in,
+               "linear: input " + shape_str(x.shape()) + " does not match weight " + shape_str(weight.shape()));
   check_same_dtype("linear", x, weight);
   check_same_device("linear", x, weight);
   if (bias) {

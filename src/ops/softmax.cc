@@ -12,9 +12,8 @@ Tensor softmax(const Tensor& x) {
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   const int64_t cols = x.size(-1);
   const int64_t rows = cols == 0 ? 0 : x.numel() / cols;
-  SD_DISPATCH_FLOAT(x.dtype(), "softmax", [&] {
-    cpu::softmax_rows<scalar_t>(xc.data<scalar_t>(), rows, cols, out.data<scalar_t>());
-  });
+  SD_DISPATCH_FLOAT(x.dtype(), "softmax",
+                    [&] { cpu::softmax_rows<scalar_t>(xc.data<scalar_t>(), rows, cols, out.data<scalar_t>()); });
   return out;
 }
 

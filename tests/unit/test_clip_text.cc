@@ -123,7 +123,7 @@ TEST_F(VitL14HashInit, MatchesTransformersInBothLayouts) {
 // ---- tiny configs, committed weights ----
 
 struct TinyCase {
-  std::string golden;  // file under golden/text_encoder
+  std::string golden;     // file under golden/text_encoder
   std::string diffusers;  // model folder (diffusers layout) relative to fixtures/models
   std::string single;     // single-file checkpoint relative to fixtures/models
 };

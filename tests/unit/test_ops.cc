@@ -3,6 +3,7 @@
 // sees exactly what the op sees.
 #include <cmath>
 
+#include "cpu/gemm.h"
 #include "ops/activation.h"
 #include "ops/add.h"
 #include "ops/attention.h"
@@ -10,7 +11,6 @@
 #include "ops/layer_norm.h"
 #include "ops/linear.h"
 #include "ops/softmax.h"
-#include "cpu/gemm.h"
 #include "test_util.h"
 
 namespace sdserve::test {
@@ -143,8 +143,8 @@ TEST_P(OpTest, EmbeddingGathersRows) {
 
 TEST_P(OpTest, AttentionCausalAndFullMatchReference) {
   // Includes a query length above the kernel's 256-row block to cover the block loop.
-  for (auto [B, H, T, d, causal] : {std::tuple{1, 1, 1, 4, true}, {2, 3, 77, 8, true}, {1, 2, 300, 16, false},
-                                    {1, 2, 300, 8, true}}) {
+  for (auto [B, H, T, d, causal] :
+       {std::tuple{1, 1, 1, 4, true}, {2, 3, 77, 8, true}, {1, 2, 300, 16, false}, {1, 2, 300, 8, true}}) {
     const Tensor q = rand({B, H, T, d}, 60), k = rand({B, H, T, d}, 61), v = rand({B, H, T, d}, 62);
     const auto qv = stored(q), kv = stored(k), vv = stored(v);
     std::vector<double> want(size_t(B * H * T * d));
@@ -195,9 +195,9 @@ TEST(OpShapes, LinearRejectsMismatch) {
 TEST(OpShapes, AttentionRejectsMismatch) {
   const Tensor q = Tensor::zeros({1, 2, 3, 4}, DType::F32);
   EXPECT_THROW(ops::attention(q, Tensor::zeros({1, 2, 3, 5}, DType::F32), q, false), InvalidArgument);
-  EXPECT_THROW(ops::attention(q, Tensor::zeros({1, 2, 6, 4}, DType::F32), Tensor::zeros({1, 2, 6, 4}, DType::F32),
-                              true),
-               InvalidArgument);
+  EXPECT_THROW(
+      ops::attention(q, Tensor::zeros({1, 2, 6, 4}, DType::F32), Tensor::zeros({1, 2, 6, 4}, DType::F32), true),
+      InvalidArgument);
 }
 
 // Every compiled GEMM backend gives the same answer as the reference loop.

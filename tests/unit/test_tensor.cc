@@ -50,7 +50,7 @@ TEST(DType, HalfConversionsRoundToNearestEven) {
   EXPECT_EQ(f32_to_f16(65519.f), 0x7bff);
   EXPECT_EQ(f32_to_f16(1.f + 0x1p-11f), 0x3c00);  // tie -> even
   EXPECT_EQ(f32_to_f16(1.f + 3 * 0x1p-11f), 0x3c02);
-  EXPECT_EQ(f32_to_f16(0x1p-25f), 0);           // half the smallest subnormal: tie to even (0)
+  EXPECT_EQ(f32_to_f16(0x1p-25f), 0);  // half the smallest subnormal: tie to even (0)
   EXPECT_EQ(f32_to_f16(0x1.8p-25f), 1);
   for (uint32_t b = 0; b < 65536; ++b) {
     const float f = bf16_to_f32(uint16_t(b));
