@@ -6,6 +6,9 @@
 #include <sstream>
 
 #include "core/allocator.h"
+#ifdef SDSERVE_WITH_CUDA
+#include "cuda/runtime.h"
+#endif
 
 namespace sdserve {
 
@@ -50,7 +53,16 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   return t;
 }
 
+namespace {
+// Host-side helpers below touch the bytes directly; device tensors go through to(Device).
+void require_host(const Device& d, const char* what) {
+  if (d.type != DeviceType::CPU)
+    throw UnsupportedError(std::string(what) + " of a " + d.str() + " tensor: copy it to the CPU first");
+}
+}  // namespace
+
 Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
+  require_host(device, "zeros");
   Tensor t = empty(shape, dtype, device);
   std::memset(t.raw_data(), 0, t.nbytes());
   return t;
@@ -213,6 +225,7 @@ Tensor Tensor::contiguous() const {
 
 Tensor Tensor::clone() const {
   SD_CHECK_ARG(defined(), "clone of an undefined tensor");
+  require_host(device_, "clone");
   Tensor t = empty(shape_, dtype_, device_);
   strided_copy(static_cast<const char*>(raw_data()), shape_, strides_, dtype_size(dtype_),
                static_cast<char*>(t.raw_data()));
@@ -221,6 +234,7 @@ Tensor Tensor::clone() const {
 
 Tensor Tensor::to(DType dtype) const {
   if (dtype == dtype_) return *this;
+  require_host(device_, "dtype conversion");
   Tensor src = contiguous();
   const size_t n = size_t(numel());
   Tensor out = empty(shape_, dtype, device_);
@@ -236,10 +250,25 @@ Tensor Tensor::to(DType dtype) const {
 
 Tensor Tensor::to(Device device) const {
   if (device == device_) return *this;
-  throw UnsupportedError("copy to " + device.str() + " is not available in this build");
+#ifdef SDSERVE_WITH_CUDA
+  if (device_.type == DeviceType::CPU && device.type == DeviceType::CUDA) {
+    const Tensor src = contiguous();
+    Tensor out = empty(shape_, dtype_, device);
+    cuda::copy_to_device(out.raw_data(), src.raw_data(), src.nbytes(), device.index);
+    return out;
+  }
+  if (device_.type == DeviceType::CUDA && device.type == DeviceType::CPU) {
+    SD_CHECK_ARG(is_contiguous(), "copy of a strided CUDA tensor to the host");
+    Tensor out = empty(shape_, dtype_, device);
+    cuda::copy_to_host(out.raw_data(), raw_data(), nbytes(), device_.index);
+    return out;
+  }
+#endif
+  throw UnsupportedError("copy from " + device_.str() + " to " + device.str() + " is not available in this build");
 }
 
 std::vector<float> Tensor::to_vector() const {
+  require_host(device_, "to_vector");
   Tensor src = contiguous();
   std::vector<float> out(static_cast<size_t>(numel()));
   convert_to_f32(src.raw_data(), dtype_, out.data(), out.size());

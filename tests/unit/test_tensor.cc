@@ -83,3 +83,34 @@ TEST(HashInit, MatchesSpec) {
 
 }  // namespace
 }  // namespace sdserve::test
+
+#ifdef SDSERVE_WITH_CUDA
+#include "cuda/runtime.h"
+#endif
+
+namespace sdserve::test {
+namespace {
+
+TEST(Device, ParseAndAvailability) {
+  EXPECT_EQ(parse_device("cpu"), Device::cpu());
+  EXPECT_EQ(parse_device("cuda:1"), Device::cuda(1));
+  EXPECT_THROW(parse_device("gpu"), InvalidArgument);
+  EXPECT_THROW(parse_device("cuda:x"), InvalidArgument);
+#ifndef SDSERVE_WITH_CUDA
+  EXPECT_THROW(Tensor::empty({4}, DType::F32, Device::cuda(0)), UnsupportedError);
+#endif
+}
+
+TEST(Device, CudaRoundTrip) {
+#ifdef SDSERVE_WITH_CUDA
+  if (cuda::device_count() == 0) GTEST_SKIP() << "CUDA build, but no CUDA device on this machine";
+  const Tensor h = Tensor::from_vector({1, 2, 3, 4, 5, 6}, {2, 3});
+  const Tensor d = h.transpose(0, 1).to(Device::cuda(0));
+  EXPECT_EQ(d.to(Device::cpu()).to_vector(), h.transpose(0, 1).contiguous().to_vector());
+#else
+  GTEST_SKIP() << "built without CUDA (-DSDSERVE_WITH_CUDA=ON to enable)";
+#endif
+}
+
+}  // namespace
+}  // namespace sdserve::test
