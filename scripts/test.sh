@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests (release and ASan/UBSan builds), CLI black-box tests,
+# and a short libFuzzer smoke run of each fuzz target.
+#   FUZZ_SECONDS=N  seconds per fuzz target (default 60; 0 skips fuzzing)
+#   SKIP_ASAN=1     skip the sanitizer build (quick local iterations)
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+jobs=$(nproc)
+"$here/scripts/deps.sh"
+
+echo "== format check"
+mapfile -t sources < <(git ls-files 'src/*.cc' 'src/*.h' 'tests/unit/*.cc' 'tests/unit/*.h' 'fuzz/*.cc' 'bench/*.cc' 'bench/*.h' \
+                        | grep -v 'unicode_tables')
+clang-format --dry-run --Werror "${sources[@]}"
+
+echo "== release build + unit tests"
+cmake --preset release >/dev/null
+cmake --build build/release -j "$jobs"
+ctest --test-dir build/release --output-on-failure -j "$jobs"
+
+echo "== CLI black-box tests"
+SDSERVE_BIN="$here/build/release/sdserve" python3 -m pytest -q tests/e2e
+
+if [[ "${SKIP_ASAN:-0}" != 1 ]]; then
+  echo "== ASan/UBSan build + unit tests"
+  cmake --preset asan >/dev/null
+  cmake --build build/asan -j "$jobs"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ctest --test-dir build/asan --output-on-failure -j "$jobs"
+fi
+
+fuzz_seconds=${FUZZ_SECONDS:-60}
+if ((fuzz_seconds > 0)); then
+  echo "== fuzz smoke (${fuzz_seconds}s per target)"
+  cmake --preset fuzz >/dev/null
+  cmake --build build/fuzz -j "$jobs"
+  for target in build/fuzz/fuzz_*; do
+    name=$(basename "$target")
+    corpus_src="fuzz/corpus/${name#fuzz_}"
+    work=$(mktemp -d)
+    [[ -d "$corpus_src" ]] && cp -r "$corpus_src/." "$work/"
+    "$target" "$work" -max_total_time="$fuzz_seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
+      2> "build/fuzz/$name.log" || { tail -50 "build/fuzz/$name.log"; exit 1; }
+    grep -E "stat::number_of_executed_units" "build/fuzz/$name.log" | sed "s/^/$name: /"
+    rm -rf "$work"
+  done
+fi
+echo "== all tests passed"

@@ -1,0 +1,52 @@
+// CLIP BPE tokenizer, id-for-id equal to transformers 5 `CLIPTokenizer(vocab, merges)(text).input_ids`
+// (the HF `tokenizers` pipeline: NFC, \s+ -> " ", lowercase, CLIP split, byte-level, BPE with "</w>").
+// See docs/TOKENIZER.md for the exact reference and its corner cases.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace sdserve {
+
+class ClipTokenizer {
+ public:
+  // vocab.json (token -> id) and merges.txt ("#version" header, then "a b" per line), as in a
+  // diffusers model's tokenizer/ folder. Throws NotFoundError/IoError/ModelFormatError naming the file.
+  static ClipTokenizer from_files(const std::string& vocab_json, const std::string& merges_txt);
+  // vocab.json + merges.txt in `tokenizer_dir`; the pad token comes from special_tokens_map.json or
+  // tokenizer_config.json when present (SD 2.x uses "!"), else it is the EOS token.
+  static ClipTokenizer from_dir(const std::string& tokenizer_dir);
+  // Standard CLIP ViT-L/14 vocabulary (49408 tokens) built from the embedded open_clip merges file.
+  // Built once (thread-safe); copies share the same immutable tables.
+  static ClipTokenizer bundled();
+
+  // Untrusted bytes in; invalid UTF-8 is decoded like Python's errors="replace" (one U+FFFD per
+  // maximal ill-formed subsequence). No truncation, no padding.
+  std::vector<int32_t> encode(std::string_view text) const;    // BOS ... EOS
+  std::vector<int32_t> tokenize(std::string_view text) const;  // without BOS/EOS
+  // Ids back to text ("</w>" becomes a space, ends trimmed), like CLIPTokenizer.decode.
+  std::string decode(const std::vector<int32_t>& ids) const;
+
+  int32_t bos_id() const;
+  int32_t eos_id() const;
+  int32_t pad_id() const;
+  size_t vocab_size() const;
+
+  struct Impl;
+
+ private:
+  explicit ClipTokenizer(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
+  std::shared_ptr<const Impl> impl_;
+};
+
+namespace tokenizer_detail {
+// Exposed for tests: the normalizer (NFC, whitespace runs -> " ", lowercase) on UTF-8 text, and the
+// lossy UTF-8 decoder.
+std::string normalize(std::string_view utf8);
+std::u32string decode_utf8_lossy(std::string_view bytes);
+}  // namespace tokenizer_detail
+
+}  // namespace sdserve
