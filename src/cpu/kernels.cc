@@ -94,6 +94,66 @@ void add_broadcast(const T* a, int64_t na, const T* b, int64_t nb, T* out) {
     for (int64_t i = 0; i < nb; ++i) out[o * nb + i] = from_float<T>(to_float(a[o * nb + i]) + to_float(b[i]));
 }
 
+template <typename T>
+void add_per_plane(const T* x, const T* b, int64_t planes, int64_t hw, T* out) {
+#pragma omp parallel for schedule(static) if (planes * hw > 65536)
+  for (int64_t p = 0; p < planes; ++p) {
+    const float bv = to_float(b[p]);
+    for (int64_t i = 0; i < hw; ++i) out[p * hw + i] = from_float<T>(to_float(x[p * hw + i]) + bv);
+  }
+}
+
+template <typename T>
+void group_norm(const T* x, const T* gamma, const T* beta, int64_t n, int64_t c, int64_t hw, int64_t groups, float eps,
+                bool silu, T* out) {
+  const int64_t cg = c / groups, len = cg * hw;
+#pragma omp parallel for schedule(static) collapse(2)
+  for (int64_t b = 0; b < n; ++b)
+    for (int64_t g = 0; g < groups; ++g) {
+      const T* xs = x + (b * c + g * cg) * hw;
+      T* ys = out + (b * c + g * cg) * hw;
+      // Double accumulators: a group holds up to ~10^6 values at 512x512.
+      double sum = 0;
+      for (int64_t i = 0; i < len; ++i) sum += to_float(xs[i]);
+      const double mean = sum / double(len);
+      double var = 0;
+      for (int64_t i = 0; i < len; ++i) {
+        const double d = double(to_float(xs[i])) - mean;
+        var += d * d;
+      }
+      var /= double(len);
+      const float inv = float(1.0 / std::sqrt(var + double(eps)));
+      const float m = float(mean);
+      for (int64_t ch = 0; ch < cg; ++ch) {
+        const float ga = gamma ? to_float(gamma[g * cg + ch]) : 1.f;
+        const float be = beta ? to_float(beta[g * cg + ch]) : 0.f;
+        const float scale = inv * ga, shift = be - m * inv * ga;
+        const T* xc = xs + ch * hw;
+        T* yc = ys + ch * hw;
+        for (int64_t i = 0; i < hw; ++i) {
+          float v = to_float(xc[i]) * scale + shift;
+          if (silu) v = v / (1.f + std::exp(-v));
+          yc[i] = from_float<T>(v);
+        }
+      }
+    }
+}
+
+template <typename T>
+void upsample_nearest(const T* x, int64_t nc, int64_t h, int64_t w, int64_t oh, int64_t ow, T* out) {
+  std::vector<int64_t> xs(static_cast<size_t>(ow));
+  const float sx = float(w) / float(ow), sy = float(h) / float(oh);
+  for (int64_t j = 0; j < ow; ++j) xs[size_t(j)] = std::min(int64_t(float(j) * sx), w - 1);
+#pragma omp parallel for schedule(static)
+  for (int64_t p = 0; p < nc; ++p)
+    for (int64_t i = 0; i < oh; ++i) {
+      const int64_t si = std::min(int64_t(float(i) * sy), h - 1);
+      const T* src = x + (p * h + si) * w;
+      T* dst = out + (p * oh + i) * ow;
+      for (int64_t j = 0; j < ow; ++j) dst[j] = src[xs[size_t(j)]];
+    }
+}
+
 void linear_f32(const float* x, int64_t rows, int64_t in, const float* w, int64_t out, const float* bias, float* y) {
   if (bias) {
     for (int64_t r = 0; r < rows; ++r) std::memcpy(y + r * out, bias, size_t(out) * sizeof(float));
@@ -121,12 +181,15 @@ void attention_f32(const float* q, const float* k, const float* v, int64_t tq, i
   }
 }
 
-#define SD_INSTANTIATE(T)                                                                 \
-  template void embedding<T>(const T*, int64_t, int64_t, const int32_t*, int64_t, T*);    \
-  template void layer_norm<T>(const T*, const T*, const T*, int64_t, int64_t, float, T*); \
-  template void softmax_rows<T>(const T*, int64_t, int64_t, T*);                          \
-  template void activation<T>(const T*, int64_t, ActKind, T*);                            \
-  template void add_broadcast<T>(const T*, int64_t, const T*, int64_t, T*);
+#define SD_INSTANTIATE(T)                                                                                         \
+  template void embedding<T>(const T*, int64_t, int64_t, const int32_t*, int64_t, T*);                            \
+  template void layer_norm<T>(const T*, const T*, const T*, int64_t, int64_t, float, T*);                         \
+  template void softmax_rows<T>(const T*, int64_t, int64_t, T*);                                                  \
+  template void activation<T>(const T*, int64_t, ActKind, T*);                                                    \
+  template void add_broadcast<T>(const T*, int64_t, const T*, int64_t, T*);                                       \
+  template void group_norm<T>(const T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t, float, bool, T*); \
+  template void add_per_plane<T>(const T*, const T*, int64_t, int64_t, T*);                                       \
+  template void upsample_nearest<T>(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, T*);
 SD_INSTANTIATE(float)
 SD_INSTANTIATE(half_t)
 SD_INSTANTIATE(bfloat16_t)

@@ -25,6 +25,19 @@ void activation(const T* x, int64_t n, ActKind kind, T* out);
 template <typename T>
 void add_broadcast(const T* a, int64_t na, const T* b, int64_t nb, T* out);
 
+// out[p, i] = x[p, i] + b[p] for planes p of hw elements.
+template <typename T>
+void add_per_plane(const T* x, const T* b, int64_t planes, int64_t hw, T* out);
+
+// x [n, c, hw] normalised per (n, group); optional affine per channel; optional SiLU after.
+template <typename T>
+void group_norm(const T* x, const T* gamma, const T* beta, int64_t n, int64_t c, int64_t hw, int64_t groups, float eps,
+                bool silu, T* out);
+
+// Nearest-neighbour resize of [nc, h, w] planes to [nc, oh, ow] (PyTorch's 'nearest': src = floor(dst * in/out)).
+template <typename T>
+void upsample_nearest(const T* x, int64_t nc, int64_t h, int64_t w, int64_t oh, int64_t ow, T* out);
+
 // y[rows, out] = x[rows, in] * w[out, in]^T + bias
 void linear_f32(const float* x, int64_t rows, int64_t in, const float* w, int64_t out, const float* bias, float* y);
 

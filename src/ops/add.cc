@@ -22,4 +22,18 @@ Tensor add(const Tensor& a, const Tensor& b) {
   return out;
 }
 
+Tensor add_channelwise(const Tensor& x, const Tensor& b) {
+  SD_CHECK_ARG(x.dim() >= 2 && b.dim() == 2 && b.size(0) == x.size(0) && b.size(1) == x.size(1),
+               "add_channelwise: cannot add " + shape_str(b.shape()) + " to " + shape_str(x.shape()));
+  check_same_dtype("add_channelwise", x, b);
+  if (x.device().type != DeviceType::CPU) no_backend("add_channelwise", x.device());
+  const Tensor xc = x.contiguous(), bc = b.contiguous();
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  const int64_t planes = x.size(0) * x.size(1), hw = planes == 0 ? 0 : x.numel() / planes;
+  SD_DISPATCH_FLOAT(x.dtype(), "add_channelwise", [&] {
+    cpu::add_per_plane<scalar_t>(xc.data<scalar_t>(), bc.data<scalar_t>(), planes, hw, out.data<scalar_t>());
+  });
+  return out;
+}
+
 }  // namespace sdserve::ops

@@ -1,0 +1,19 @@
+#pragma once
+#include <cstdint>
+
+namespace sdserve::cpu {
+
+struct Conv2dParams {
+  int64_t n, c, h, w;                      // input
+  int64_t o, kh, kw;                       // output channels, kernel
+  int64_t sh = 1, sw = 1;                  // stride
+  int64_t pt = 0, pl = 0, pb = 0, pr = 0;  // padding top/left/bottom/right
+  int64_t oh() const { return (h + pt + pb - kh) / sh + 1; }
+  int64_t ow() const { return (w + pl + pr - kw) / sw + 1; }
+};
+
+// NCHW f32 convolution (groups = 1), weights OIHW, optional bias [o].
+// oneDNN when compiled in, else im2col + sgemm.
+void conv2d_f32(const Conv2dParams& p, const float* x, const float* wt, const float* bias, float* y);
+
+}  // namespace sdserve::cpu
