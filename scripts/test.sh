@@ -40,7 +40,10 @@ if ((fuzz_seconds > 0)); then
     corpus_src="fuzz/corpus/${name#fuzz_}"
     work=$(mktemp -d)
     [[ -d "$corpus_src" ]] && cp -r "$corpus_src/." "$work/"
-    "$target" "$work" -max_total_time="$fuzz_seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
+    dict=()
+    [[ -f "fuzz/${name#fuzz_}.dict" ]] && dict=(-dict="fuzz/${name#fuzz_}.dict")
+    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+    "$target" "$work" "${dict[@]}" -max_total_time="$fuzz_seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
       2> "build/fuzz/$name.log" || { tail -50 "build/fuzz/$name.log"; exit 1; }
     grep -E "stat::number_of_executed_units" "build/fuzz/$name.log" | sed "s/^/$name: /"
     rm -rf "$work"

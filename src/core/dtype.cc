@@ -182,6 +182,7 @@ void convert_loop(const void* src, float* dst, size_t n, F f) {
 }  // namespace
 
 void convert_to_f32(const void* src, DType t, float* dst, size_t n) {
+  if (n == 0) return;  // empty tensors may have null data; memcpy(null, ...) is UB
   switch (t) {
     case DType::F32:
       std::memcpy(dst, src, n * 4);
@@ -217,6 +218,7 @@ void convert_to_f32(const void* src, DType t, float* dst, size_t n) {
 }
 
 void convert_from_f32(const float* src, void* dst, DType t, size_t n) {
+  if (n == 0) return;
   switch (t) {
     case DType::F32:
       std::memcpy(dst, src, n * 4);
