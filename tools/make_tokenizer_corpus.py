@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Deterministic tokenizer test corpus: prompts as raw bytes, one base64 item per line.
+"""Deterministic tokenizer test corpus: prompts as raw bytes, one base64 item per line, gzipped.
 
-  python tools/make_tokenizer_corpus.py [--out tests/fixtures/tokenizer/corpus.b64]
+  python tools/make_tokenizer_corpus.py [--out tests/fixtures/tokenizer/corpus.b64.gz]
 
 Items are bytes, not text, so invalid UTF-8 can be stored; everything is drawn from a seeded RNG.
+The gzip stream has no file name and mtime 0, so the output is byte-stable.
 """
 import argparse
 import base64
+import gzip
 import os
 import random
 import unicodedata
@@ -138,7 +140,7 @@ def fixed_items():
 
 def main():
   ap = argparse.ArgumentParser(description=__doc__)
-  ap.add_argument("--out", default=os.path.join(REPO, "tests", "fixtures", "tokenizer", "corpus.b64"))
+  ap.add_argument("--out", default=os.path.join(REPO, "tests", "fixtures", "tokenizer", "corpus.b64.gz"))
   args = ap.parse_args()
   rng = random.Random(SEED)
   items = fixed_items()
@@ -181,9 +183,10 @@ def main():
   items.append(("😀" * 400).encode())
   items.append(("!" * 3000).encode())
   items.append("supercalifragilisticexpialidocious".encode() * 50)
-  with open(args.out, "w") as f:
-    for it in items:
-      f.write(base64.b64encode(it).decode("ascii") + "\n")
+  text = "".join(base64.b64encode(it).decode("ascii") + "\n" for it in items)
+  with open(args.out, "wb") as raw:
+    with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as f:
+      f.write(text.encode("ascii"))
   print(f"wrote {len(items)} items to {args.out}")
 
 

@@ -1,18 +1,20 @@
 #include "pipeline/tokenizer.h"
 
-#include <zlib.h>
-
 #include <algorithm>
 #include <array>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <queue>
+#include <set>
 #include <sstream>
 #include <unordered_map>
 
 #include "core/error.h"
+#include "io/gzip.h"
 #include "pipeline/unicode_tables.h"
 
 extern "C" const unsigned char sdserve_clip_bpe_gz[];
@@ -92,8 +94,8 @@ void decompose_into(char32_t c, std::u32string& out) {
   }
   if (c >= 0xC0) {
     const auto* end = ut::kDecomp + ut::kDecompSize;
-    const auto* it = std::lower_bound(ut::kDecomp, end, c,
-                                      [](const uint32_t(&row)[3], char32_t v) { return row[0] < v; });
+    const auto* it =
+        std::lower_bound(ut::kDecomp, end, c, [](const uint32_t(&row)[3], char32_t v) { return row[0] < v; });
     if (it != end && (*it)[0] == c) {
       for (uint32_t k = 0; k < (*it)[2]; ++k) out += static_cast<char32_t>(ut::kDecompPool[(*it)[1] + k]);
       return;
@@ -163,8 +165,8 @@ void append_lower(char32_t c, std::u32string& out) {
     return;
   }
   const auto* end = ut::kLowerSingle + ut::kLowerSingleSize;
-  const auto* it = std::lower_bound(ut::kLowerSingle, end, c,
-                                    [](const uint32_t(&row)[2], char32_t v) { return row[0] < v; });
+  const auto* it =
+      std::lower_bound(ut::kLowerSingle, end, c, [](const uint32_t(&row)[2], char32_t v) { return row[0] < v; });
   if (it != end && (*it)[0] == c) {
     out += static_cast<char32_t>((*it)[1]);
     return;
@@ -289,28 +291,6 @@ std::string read_file(const std::string& path) {
   return ss.str();
 }
 
-std::string gunzip(const unsigned char* data, size_t size, const std::string& what) {
-  z_stream zs{};
-  if (inflateInit2(&zs, 16 + MAX_WBITS) != Z_OK) throw InternalError(what + ": inflateInit failed");
-  zs.next_in = const_cast<Bytef*>(data);
-  zs.avail_in = static_cast<uInt>(size);
-  std::string out;
-  char buf[1 << 16];
-  int rc = Z_OK;
-  while (rc != Z_STREAM_END) {
-    zs.next_out = reinterpret_cast<Bytef*>(buf);
-    zs.avail_out = sizeof(buf);
-    rc = inflate(&zs, Z_NO_FLUSH);
-    if (rc != Z_OK && rc != Z_STREAM_END) {
-      inflateEnd(&zs);
-      throw ModelFormatError(what + ": corrupt gzip data");
-    }
-    out.append(buf, sizeof(buf) - zs.avail_out);
-  }
-  inflateEnd(&zs);
-  return out;
-}
-
 std::vector<std::string_view> split_lines(std::string_view text) {
   std::vector<std::string_view> lines;
   size_t pos = 0;
@@ -327,6 +307,84 @@ std::vector<std::string_view> split_lines(std::string_view text) {
 
 }  // namespace
 
+// An added token as the reference's AddedVocabulary matches it: one per id, with the flags of the
+// last token added for that id.
+struct AddedMatcher {
+  std::u32string pattern;  // content, or its normalized form for normalized tokens
+  int32_t id = -1;
+  bool single_word = false, lstrip = false, rstrip = false;
+  bool skip = false;  // split_special_tokens is set and the content is a special token: never matched
+};
+
+// Rust regex's Unicode \w (Alphabetic, marks, Nd, Pc, Join_Control), approximated from our tables
+// (letters, numbers, marks with a non-zero combining class). Only single_word tokens use it.
+bool is_word_char(char32_t c) {
+  if (c < 0x80) return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+  switch (c) {
+    case 0x200C:
+    case 0x200D:  // Join_Control
+    case 0x203F:
+    case 0x2040:
+    case 0x2054:
+    case 0xFE33:  // Pc
+    case 0xFE34:
+    case 0xFE4D:
+    case 0xFE4E:
+    case 0xFE4F:
+    case 0xFF3F:
+      return true;
+    default:
+      break;
+  }
+  const uint8_t cls = char_class(c);
+  return cls == ut::kLetter || cls == ut::kNumber || ccc(c) != 0;
+}
+
+// AddedVocabulary::find_matches: leftmost-longest, non-overlapping matches of the patterns; a match
+// that breaks single_word is dropped (the search goes on after it); lstrip/rstrip widen a match over
+// the whitespace beside it. Calls emit(id, begin, end) for every piece in order, id -1 for plain text.
+template <typename Fn>
+void find_added(const std::u32string& s, const std::vector<AddedMatcher>& tokens, Fn&& emit) {
+  const size_t n = s.size();
+  if (tokens.empty() || n == 0) {
+    if (n) emit(-1, 0, n);
+    return;
+  }
+  size_t start_offset = 0, pos = 0;
+  while (pos < n) {
+    const AddedMatcher* best = nullptr;
+    size_t at = pos;
+    for (; at < n && !best; ++at) {
+      for (const AddedMatcher& t : tokens) {
+        if (t.pattern.size() > n - at || (best && t.pattern.size() <= best->pattern.size())) continue;
+        if (s.compare(at, t.pattern.size(), t.pattern) == 0) best = &t;
+      }
+      if (best) break;
+    }
+    if (!best) break;
+    size_t start = at, stop = at + best->pattern.size();
+    pos = stop;
+    if (best->skip) continue;
+    if (best->single_word) {
+      const bool start_space = start == 0 || !is_word_char(s[start - 1]);
+      const bool stop_space = stop == n || !is_word_char(s[stop]);
+      if (!start_space || !stop_space) continue;
+    }
+    if (best->lstrip) {
+      size_t newstart = start;
+      while (newstart > 0 && char_class(s[newstart - 1]) == ut::kSpace) --newstart;
+      start = std::max(newstart, start_offset);
+    }
+    if (best->rstrip) {
+      while (stop < n && char_class(s[stop]) == ut::kSpace) ++stop;
+    }
+    if (start_offset < start) emit(-1, start_offset, start);
+    emit(best->id, start, stop);
+    start_offset = stop;
+  }
+  if (start_offset != n) emit(-1, start_offset, n);
+}
+
 // ------------------------------------------------------------------ Impl
 
 struct ClipTokenizer::Impl {
@@ -335,6 +393,8 @@ struct ClipTokenizer::Impl {
   std::array<std::array<int32_t, 2>, 256> byte_ids{};  // [byte][is_last] -> id or -1
   std::unordered_map<uint64_t, MergeEntry> merges;
   int32_t bos = -1, eos = -1, pad = -1, unk = -1;
+  // Added tokens matched on the raw text, and on the normalized text of what lies between them.
+  std::vector<AddedMatcher> raw_added, normalized_added;
 
   mutable std::mutex cache_mu;
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache;
@@ -369,6 +429,13 @@ std::unique_ptr<ClipTokenizer::Impl> build_impl(const nlohmann::json& vocab_json
     throw ModelFormatError(vocab_name + ": missing special token " + std::string(impl->bos < 0 ? kBos : kEos));
   impl->unk = impl->eos;
   impl->pad = impl->eos;
+  // What CLIPTokenizer(vocab, merges) registers: BOS and EOS as special tokens with normalized=false.
+  for (const char* tok : {kBos, kEos}) {
+    AddedMatcher m;
+    m.id = tok == kBos ? impl->bos : impl->eos;
+    for (const char* c = tok; *c; ++c) m.pattern += static_cast<char32_t>(*c);
+    impl->raw_added.push_back(std::move(m));
+  }
   const auto& b2u = byte_to_unicode();
   for (int b = 0; b < 256; ++b) {
     std::string ch;
@@ -403,6 +470,515 @@ nlohmann::json parse_json(const std::string& text, const std::string& name) {
     return nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     throw ModelFormatError(name + ": invalid JSON (" + e.what() + ")");
+  }
+}
+
+// ------------------------------------------- from_pretrained emulation
+//
+// transformers 5 `CLIPTokenizer.from_pretrained(dir)` (tokenization_utils_base._from_pretrained,
+// TokenizersBackend.__init__) followed by tokenizers' AddedVocabulary::add_tokens. The comments name
+// the Python steps; docs/TOKENIZER.md summarises the result.
+
+using ojson = nlohmann::ordered_json;  // Python dicts keep insertion order, and so must we
+
+// A tokenizers.AddedToken as Python holds it: flags not given stay unset, and `normalized` then
+// defaults to `not special` when the Rust token is made (so setting `special` later changes it).
+struct PyAddedToken {
+  std::string content;
+  bool special = false;
+  std::optional<bool> single_word, lstrip, rstrip, normalized;
+  bool norm() const { return normalized.value_or(!special); }
+  // Rust AddedToken equality (all fields of the final token).
+  bool operator==(const PyAddedToken& o) const {
+    return content == o.content && special == o.special &&
+           single_word.value_or(false) == o.single_word.value_or(false) &&
+           lstrip.value_or(false) == o.lstrip.value_or(false) && rstrip.value_or(false) == o.rstrip.value_or(false) &&
+           norm() == o.norm();
+  }
+};
+
+// A special-token value: a Python str or an AddedToken.
+struct TokVal {
+  std::optional<std::string> str;
+  PyAddedToken tok;
+  const std::string& text() const { return str ? *str : tok.content; }  // Python str(value)
+  bool truthy() const { return !str || !str->empty(); }
+  // Python ==: str == str by value, AddedToken == AddedToken by all fields, never across types.
+  bool operator==(const TokVal& o) const {
+    if (str.has_value() != o.str.has_value()) return false;
+    return str ? *str == *o.str : tok == o.tok;
+  }
+};
+
+// Already-converted AddedTokens travel inside the JSON tree as objects tagged with this key, so that
+// the tree can still hold raw dicts (which transformers only converts when they carry "__type").
+constexpr const char* kTag =
+    "\x01"
+    "AddedToken";
+
+std::string quote_text(std::string_view s) {
+  std::string out = "\"";
+  for (unsigned char c : s.substr(0, 80)) {
+    if (c < 0x20 || c == 0x7F || c == '"' || c == '\\') {
+      char buf[8];
+      snprintf(buf, sizeof(buf), "\\x%02x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out + (s.size() > 80 ? "...\"" : "\"");
+}
+
+class ConfigError {
+ public:
+  explicit ConfigError(std::string where) : where_(std::move(where)) {}
+  [[noreturn]] void fail(const std::string& msg) const { throw ModelFormatError(where_ + ": " + msg); }
+  const std::string& where() const { return where_; }
+
+ private:
+  std::string where_;
+};
+
+// AddedToken(**obj) (plus special=True when `force_special`, as for special_tokens_map.json entries).
+PyAddedToken added_token_from(const ojson& obj, const ConfigError& err, const std::string& what, bool force_special) {
+  if (!obj.is_object()) err.fail(what + " is not an object");
+  PyAddedToken t;
+  auto flag = [&](const std::string& key, const ojson& v) -> bool {
+    if (!v.is_boolean()) err.fail(what + ": \"" + key + "\" must be true or false");
+    return v.get<bool>();
+  };
+  for (const auto& [key, v] : obj.items()) {
+    if (key == "content") {
+      if (v.is_null()) continue;
+      if (!v.is_string()) err.fail(what + ": \"content\" must be a string");
+      t.content = v.get<std::string>();
+    } else if (key == "special") {
+      if (force_special) err.fail(what + ": \"special\" given twice");
+      t.special = flag(key, v);
+    } else if (key == "single_word") {
+      t.single_word = flag(key, v);
+    } else if (key == "lstrip") {
+      t.lstrip = flag(key, v);
+    } else if (key == "rstrip") {
+      t.rstrip = flag(key, v);
+    } else if (key == "normalized") {
+      t.normalized = flag(key, v);
+    }  // anything else ("__type", ...) is ignored, as tokenizers does
+  }
+  if (force_special) t.special = true;
+  return t;
+}
+
+ojson tagged(const PyAddedToken& t) {
+  ojson o = ojson::object();
+  o[kTag] = true;
+  o["content"] = t.content;
+  o["special"] = t.special;
+  if (t.single_word) o["single_word"] = *t.single_word;
+  if (t.lstrip) o["lstrip"] = *t.lstrip;
+  if (t.rstrip) o["rstrip"] = *t.rstrip;
+  if (t.normalized) o["normalized"] = *t.normalized;
+  return o;
+}
+
+bool is_tagged(const ojson& v) { return v.is_object() && v.contains(kTag); }
+
+// convert_added_tokens(init_kwargs): every {"__type": "AddedToken", ...}, at any depth, becomes one.
+void convert_added_tokens(ojson& v, const ConfigError& err) {
+  if (v.is_object()) {
+    if (is_tagged(v)) return;
+    auto it = v.find("__type");
+    if (it != v.end() && it->is_string() && it->get<std::string>() == "AddedToken") {
+      ojson rest = v;
+      rest.erase("__type");
+      v = tagged(added_token_from(
+          rest, err,
+          "AddedToken " + quote_text(rest.value("content", ojson()).is_string() ? rest["content"].get<std::string>()
+                                                                                : std::string()),
+          false));
+      return;
+    }
+    for (auto& [key, child] : v.items()) convert_added_tokens(child, err);
+  } else if (v.is_array()) {
+    for (auto& child : v) convert_added_tokens(child, err);
+  }
+}
+
+// A value that must be a str or an AddedToken (after conversion); anything else is the TypeError
+// transformers raises.
+std::optional<TokVal> tok_val(const ojson& v, const ConfigError& err, const std::string& what) {
+  if (v.is_null()) return std::nullopt;
+  TokVal t;
+  if (v.is_string()) {
+    t.str = v.get<std::string>();
+  } else if (is_tagged(v)) {
+    t.tok = added_token_from(v, err, what, false);
+  } else {
+    err.fail(what + " must be a string or an AddedToken");
+  }
+  return t;
+}
+
+// Python str(value) where it can equal a token's text; nullopt for other values (dict reprs etc.).
+std::optional<std::string> py_str(const ojson& v) {
+  if (v.is_string()) return v.get<std::string>();
+  if (is_tagged(v) && v["content"].is_string()) return v["content"].get<std::string>();
+  return std::nullopt;
+}
+
+bool py_truthy(const ojson& v) {
+  if (v.is_null()) return false;
+  if (v.is_boolean()) return v.get<bool>();
+  if (v.is_number_integer() || v.is_number_unsigned()) return v.get<int64_t>() != 0;
+  if (v.is_number_float()) return v.get<double>() != 0.0;
+  if (is_tagged(v)) return true;
+  return !v.empty();  // string, array, object
+}
+
+bool ends_with(const std::string& s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Python int(str) for the keys of added_tokens_decoder.
+int64_t py_int(const std::string& key, const ConfigError& err) {
+  std::string digits;
+  size_t i = 0, n = key.size();
+  while (i < n && std::isspace(static_cast<unsigned char>(key[i]))) ++i;
+  while (n > i && std::isspace(static_cast<unsigned char>(key[n - 1]))) --n;
+  bool neg = false;
+  if (i < n && (key[i] == '+' || key[i] == '-')) neg = key[i++] == '-';
+  for (size_t j = i; j < n; ++j) {
+    const char c = key[j];
+    if (c >= '0' && c <= '9') {
+      digits += c;
+    } else if (c == '_' && j > i && j + 1 < n && key[j - 1] != '_' && key[j + 1] != '_') {
+      continue;
+    } else {
+      err.fail("added_tokens_decoder key " + quote_text(key) + " is not an integer");
+    }
+  }
+  if (digits.empty() || digits.size() > 15)
+    err.fail("added_tokens_decoder key " + quote_text(key) + " is not an integer");
+  const int64_t v = std::stoll(digits);
+  return neg ? -v : v;
+}
+
+ojson load_json_object(const std::filesystem::path& p) {
+  const std::string name = p.string();
+  ojson j;
+  try {
+    j = ojson::parse(read_file(name));
+  } catch (const nlohmann::json::exception& e) {
+    throw ModelFormatError(name + ": invalid JSON (" + e.what() + ")");
+  }
+  if (!j.is_object()) throw ModelFormatError(name + ": expected a JSON object");
+  return j;
+}
+
+const char* const kSpecialAttrs[] = {"bos_token", "eos_token", "unk_token", "sep_token",
+                                     "pad_token", "cls_token", "mask_token"};
+
+bool is_special_attr(const std::string& key) {
+  return std::find_if(std::begin(kSpecialAttrs), std::end(kSpecialAttrs), [&](const char* a) { return key == a; }) !=
+         std::end(kSpecialAttrs);
+}
+
+void apply_pretrained_config_impl(ClipTokenizer::Impl& impl, const std::filesystem::path& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path config_path = dir / "tokenizer_config.json", map_path = dir / "special_tokens_map.json",
+                 added_path = dir / "added_tokens.json";
+  const ConfigError cfg_err(config_path.string()), map_err(map_path.string()), added_err(added_path.string());
+  const ConfigError both_err(config_path.string() + " + special_tokens_map.json");
+
+  // --- _from_pretrained: init_kwargs from tokenizer_config.json.
+  ojson init = fs::exists(config_path, ec) ? load_json_object(config_path) : ojson::object();
+  init.erase("tokenizer_class");
+  init.erase("init_inputs");
+  if (init.contains("additional_special_tokens") &&
+      !(init.contains("extra_special_tokens") && py_truthy(init["extra_special_tokens"]))) {
+    ojson v = init["additional_special_tokens"];
+    init.erase("additional_special_tokens");
+    init["extra_special_tokens"] = std::move(v);
+  }
+  // Model-specific tokens: other "*_token" keys holding a string, and a dict extra_special_tokens.
+  ojson model_specific = ojson::object();
+  {
+    std::vector<std::string> keys;
+    for (const auto& [key, v] : init.items()) keys.push_back(key);
+    for (const std::string& key : keys) {
+      if (!is_special_attr(key) && ends_with(key, "_token") && init[key].is_string()) {
+        model_specific[key] = init[key];
+        init.erase(key);
+      }
+    }
+    if (init.contains("extra_special_tokens") && init["extra_special_tokens"].is_object()) {
+      for (const auto& [key, v] : init["extra_special_tokens"].items()) model_specific[key] = v;
+      init.erase("extra_special_tokens");
+    }
+    if (!model_specific.empty()) init["model_specific_special_tokens"] = model_specific;
+  }
+
+  // --- added_tokens_decoder, or the legacy special_tokens_map.json / added_tokens.json.
+  std::map<int64_t, PyAddedToken> decoder;
+  std::unordered_map<std::string, PyAddedToken> added_by_text;
+  if (init.contains("added_tokens_decoder")) {
+    const ojson& d = init["added_tokens_decoder"];
+    if (!d.is_object()) cfg_err.fail("added_tokens_decoder must be an object of id -> AddedToken");
+    for (const auto& [key, v] : d.items()) {
+      if (!v.is_object()) cfg_err.fail("added_tokens_decoder[" + quote_text(key) + "] must be an object");
+      PyAddedToken t = added_token_from(v, cfg_err, "added_tokens_decoder[" + quote_text(key) + "]", false);
+      decoder[py_int(key, cfg_err)] = t;
+      added_by_text[t.content] = t;
+    }
+  } else {
+    if (fs::exists(map_path, ec)) {
+      const ojson stm = load_json_object(map_path);
+      for (const auto& [key, value] : stm.items()) {
+        ojson v = value;
+        if (v.is_object() && key != "extra_special_tokens") {
+          ojson rest = v;
+          rest.erase("special");
+          v = tagged(added_token_from(rest, map_err, quote_text(key), true));
+        } else if (key == "extra_special_tokens" && v.is_array()) {
+          ojson existing = ojson::array();
+          if (init.contains("extra_special_tokens") && py_truthy(init["extra_special_tokens"])) {
+            const ojson& cur = init["extra_special_tokens"];
+            if (cur.is_array()) {
+              existing = cur;
+            } else {
+              map_err.fail("cannot merge extra_special_tokens into tokenizer_config.json's value");
+            }
+          }
+          for (const ojson& tok : v) {
+            ojson t =
+                tok.is_object() ? tagged(added_token_from(tok, map_err, "extra_special_tokens entry", true)) : tok;
+            bool present = false;
+            for (const ojson& e : existing) {
+              if (is_tagged(t) && is_tagged(e)) {
+                present = present || added_token_from(t, map_err, "", false) == added_token_from(e, map_err, "", false);
+              } else if (!is_tagged(t) && !is_tagged(e)) {
+                present = present || t == e;
+              }
+            }
+            if (!present) existing.push_back(t);
+          }
+          v = existing;
+        }
+        init[key] = v;
+      }
+      if (init.contains("extra_special_tokens") && init["extra_special_tokens"].is_object()) {
+        if (!init.contains("model_specific_special_tokens")) init["model_specific_special_tokens"] = ojson::object();
+        for (const auto& [key, v] : init["extra_special_tokens"].items())
+          init["model_specific_special_tokens"][key] = v;
+        init.erase("extra_special_tokens");
+      }
+    }
+    if (fs::exists(added_path, ec)) {
+      std::set<std::string> specials;
+      for (const char* attr : kSpecialAttrs) {
+        if (init.contains(attr) && py_truthy(init[attr]))
+          if (auto s = py_str(init[attr])) specials.insert(*s);
+      }
+      if (init.contains("extra_special_tokens") && py_truthy(init["extra_special_tokens"])) {
+        if (!init["extra_special_tokens"].is_array()) added_err.fail("extra_special_tokens is not a list");
+        for (const ojson& t : init["extra_special_tokens"])
+          if (auto s = py_str(t)) specials.insert(*s);
+      }
+      const ojson added = load_json_object(added_path);
+      for (const auto& [text, index] : added.items()) {
+        if (!index.is_number_integer()) added_err.fail("id of " + quote_text(text) + " is not an integer");
+        PyAddedToken t;
+        t.content = text;
+        t.special = specials.count(text) > 0;
+        t.lstrip = t.rstrip = false;
+        t.normalized = !t.special;
+        decoder[index.get<int64_t>()] = t;
+        added_by_text[text] = t;
+      }
+    }
+    // tokenizer.json is not read (see docs/TOKENIZER.md).
+  }
+  init.erase("added_tokens_decoder");
+  convert_added_tokens(init, cfg_err);
+  if (!added_by_text.empty()) {
+    for (const char* attr : kSpecialAttrs) {
+      if (!init.contains(attr) || init[attr].is_null()) continue;
+      if (auto s = py_str(init[attr])) {
+        auto it = added_by_text.find(*s);
+        if (it != added_by_text.end()) init[attr] = tagged(it->second);
+      }
+    }
+  }
+
+  // --- CLIPTokenizer.__init__ defaults, then PreTrainedTokenizerBase.__init__.
+  const std::pair<const char*, const char*> kDefaults[] = {
+      {"unk_token", kEos}, {"bos_token", kBos}, {"eos_token", kEos}, {"pad_token", kEos}};
+  ojson kwargs = ojson::object();
+  for (const auto& [key, def] : kDefaults) {
+    kwargs[key] = init.contains(key) ? init[key] : ojson(def);
+    if (kwargs[key].is_null()) both_err.fail(std::string(key) + " is null");
+  }
+  for (const auto& [key, v] : init.items())
+    if (!kwargs.contains(key)) kwargs[key] = v;
+  if (kwargs.contains("additional_special_tokens") && !kwargs.contains("extra_special_tokens")) {
+    ojson v = kwargs["additional_special_tokens"];
+    kwargs.erase("additional_special_tokens");
+    kwargs["extra_special_tokens"] = std::move(v);
+  }
+  std::vector<std::pair<std::string, std::optional<TokVal>>> special_map;
+  for (const char* attr : kSpecialAttrs) special_map.emplace_back(attr, std::nullopt);
+  auto set_special = [&](const std::string& key, const ojson& v) {
+    std::optional<TokVal> t = tok_val(v, both_err, key);
+    for (auto& [k, cur] : special_map) {
+      if (k == key) {
+        cur = t;
+        return;
+      }
+    }
+    special_map.emplace_back(key, t);
+  };
+  std::vector<TokVal> extra;
+  ojson explicit_ms = ojson::object(), auto_ms = ojson::object();
+  if (kwargs.contains("model_specific_special_tokens")) {
+    explicit_ms = kwargs["model_specific_special_tokens"];
+    if (!explicit_ms.is_object()) both_err.fail("model_specific_special_tokens must be an object");
+  }
+  bool split_special = false;
+  for (const auto& [key, v] : kwargs.items()) {
+    if (key == "model_specific_special_tokens") continue;
+    if (is_special_attr(key)) {
+      if (!v.is_null()) set_special(key, v);
+    } else if (key == "extra_special_tokens") {
+      if (v.is_null()) continue;
+      if (v.is_object() && !is_tagged(v)) {
+        for (const auto& [k2, v2] : v.items()) {
+          if (v2.is_null()) both_err.fail(k2 + " is null");
+          set_special(k2, v2);
+        }
+      } else if (v.is_array()) {
+        for (const ojson& t : v) {
+          auto tv = tok_val(t, both_err, "extra_special_tokens entry");
+          if (!tv) both_err.fail("extra_special_tokens entry is null");
+          extra.push_back(*tv);
+        }
+      } else {
+        both_err.fail("extra_special_tokens must be a list or an object");
+      }
+    } else if (key == "split_special_tokens") {
+      if (!v.is_boolean()) both_err.fail("split_special_tokens must be true or false");
+      split_special = v.get<bool>();
+    } else if (ends_with(key, "_token") && (v.is_string() || is_tagged(v))) {
+      auto_ms[key] = v;
+    }
+  }
+  for (const auto& [key, v] : explicit_ms.items()) auto_ms[key] = v;
+  for (const auto& [key, v] : auto_ms.items()) {
+    if (v.is_null()) both_err.fail(key + " is null");
+    set_special(key, v);
+  }
+
+  // --- TokenizersBackend.__init__: which tokens it hands to the backend, in which order.
+  std::vector<TokVal> to_add;
+  for (const auto& [idx, t] : decoder) to_add.push_back(TokVal{std::nullopt, t});
+  std::set<std::string> encoder;
+  for (const TokVal& t : to_add) encoder.insert(t.text());
+  auto consider = [&](const TokVal& v) {
+    if (encoder.count(v.text())) return;
+    if (std::find(to_add.begin(), to_add.end(), v) != to_add.end()) return;
+    to_add.push_back(v);
+  };
+  for (const auto& [key, v] : special_map)
+    if (v) consider(*v);
+  for (const TokVal& v : extra) consider(v);
+  std::set<std::string> named;
+  for (const auto& [key, v] : special_map)
+    if (v && v->truthy()) named.insert(v->text());
+  std::vector<PyAddedToken> tokens;
+  for (const TokVal& v : to_add) {
+    PyAddedToken t = v.tok;
+    if (v.str) {
+      t = PyAddedToken{};
+      t.content = *v.str;
+      t.special = true;
+    } else if (!t.special && named.count(t.content)) {
+      t.special = true;
+    }
+    tokens.push_back(std::move(t));
+  }
+
+  // --- tokenizers AddedVocabulary::add_tokens: one token per id, the last one added for it wins.
+  std::unordered_map<std::string, int32_t> added_ids;
+  std::map<int32_t, PyAddedToken> by_id;
+  std::set<std::string> special_set;
+  int64_t next_id = static_cast<int64_t>(impl.vocab.size());
+  for (const PyAddedToken& t : tokens) {
+    if (t.content.empty()) continue;
+    auto known = added_ids.find(t.content);
+    if (known != added_ids.end() && by_id[known->second] == t) continue;
+    int32_t id;
+    if (known != added_ids.end()) {
+      id = known->second;
+    } else if (auto v = impl.vocab.find(t.content); v != impl.vocab.end()) {
+      id = v->second;
+    } else {
+      if (next_id > INT32_MAX) both_err.fail("too many added tokens");
+      id = static_cast<int32_t>(next_id++);
+      impl.id_to_token.emplace(id, t.content);
+    }
+    added_ids[t.content] = id;
+    if (t.special) special_set.insert(t.content);
+    by_id[id] = t;
+  }
+  impl.raw_added.clear();
+  impl.normalized_added.clear();
+  std::set<std::u32string> raw_patterns, norm_patterns;
+  for (const auto& [id, t] : by_id) {
+    AddedMatcher m;
+    m.id = id;
+    m.single_word = t.single_word.value_or(false);
+    m.lstrip = t.lstrip.value_or(false);
+    m.rstrip = t.rstrip.value_or(false);
+    m.skip = split_special && special_set.count(t.content) > 0;
+    const std::u32string content = tokenizer_detail::decode_utf8_lossy(t.content);
+    m.pattern = t.norm() ? normalize32(content) : content;
+    auto& seen = t.norm() ? norm_patterns : raw_patterns;
+    if (!seen.insert(m.pattern).second)
+      both_err.fail("two added tokens match the same text " + quote_text(t.content) +
+                    " (the reference fails to load too)");
+    (t.norm() ? impl.normalized_added : impl.raw_added).push_back(std::move(m));
+  }
+
+  // --- RobertaProcessing(eos, bos) ids, the pad id, and BPE's unknown token (from the model's vocabulary).
+  auto id_of = [&](const char* attr) -> int32_t {
+    for (const auto& [key, v] : special_map) {
+      if (key != attr) continue;
+      if (!v || v->text().empty()) both_err.fail(std::string(attr) + " is empty");
+      auto it = added_ids.find(v->text());
+      if (it == added_ids.end()) both_err.fail(std::string(attr) + " " + quote_text(v->text()) + " was not registered");
+      return it->second;
+    }
+    both_err.fail(std::string(attr) + " is missing");
+  };
+  impl.bos = id_of("bos_token");
+  impl.eos = id_of("eos_token");
+  impl.pad = id_of("pad_token");
+  const std::string& unk_text = kwargs["unk_token"].is_string()
+                                    ? kwargs["unk_token"].get_ref<const std::string&>()
+                                    : kwargs["unk_token"]["content"].get_ref<const std::string&>();
+  auto unk = impl.vocab.find(unk_text);
+  if (unk == impl.vocab.end())
+    both_err.fail("unk_token " + quote_text(unk_text) + " is not in vocab.json (unsupported, see docs/TOKENIZER.md)");
+  impl.unk = unk->second;
+}
+
+void apply_pretrained_config(ClipTokenizer::Impl& impl, const std::filesystem::path& dir) {
+  try {
+    apply_pretrained_config_impl(impl, dir);
+  } catch (const nlohmann::json::exception& e) {
+    // Wrong types that slipped past the checks above; still one line naming the folder.
+    throw ModelFormatError((dir / "tokenizer_config.json").string() + ": unexpected value (" + e.what() + ")");
   }
 }
 
@@ -480,33 +1056,31 @@ void ClipTokenizer::Impl::encode_segment(const char32_t* b, const char32_t* e, s
   if (b == e) return;
   const std::u32string norm = normalize32(std::u32string(b, e));
   std::string word;
-  pre_tokenize(norm, [&](const char32_t* pb, const char32_t* pe) {
-    word.clear();
-    for (; pb != pe; ++pb) append_utf8(word, *pb);
-    bpe(word, out);
+  find_added(norm, normalized_added, [&](int32_t id, size_t pb, size_t pe) {
+    if (id >= 0) {
+      out.push_back(id);
+      return;
+    }
+    const std::u32string piece = norm.substr(pb, pe - pb);
+    pre_tokenize(piece, [&](const char32_t* wb, const char32_t* we) {
+      word.clear();
+      for (; wb != we; ++wb) append_utf8(word, *wb);
+      bpe(word, out);
+    });
   });
 }
 
 void ClipTokenizer::Impl::tokenize_into(std::string_view text, std::vector<int32_t>& out) const {
   const std::u32string s = tokenizer_detail::decode_utf8_lossy(text);
-  // Special tokens are matched on the raw text (before normalization), leftmost first.
-  const char32_t* p = s.data();
-  const char32_t* end = p + s.size();
-  const char32_t* seg = p;
-  while (p != end) {
-    if (*p == U'<') {
-      if (starts_with(p, end, kBos) || starts_with(p, end, kEos)) {
-        const bool is_bos = starts_with(p, end, kBos);
-        encode_segment(seg, p, out);
-        out.push_back(is_bos ? bos : eos);
-        p += is_bos ? 15 : 13;
-        seg = p;
-        continue;
-      }
+  // Added (special) tokens with normalized=false are cut out of the raw text first; each piece between
+  // them is normalized, and then searched for the normalized=true ones.
+  find_added(s, raw_added, [&](int32_t id, size_t b, size_t e) {
+    if (id >= 0) {
+      out.push_back(id);
+    } else {
+      encode_segment(s.data() + b, s.data() + e, out);
     }
-    ++p;
-  }
-  encode_segment(seg, end, out);
+  });
 }
 
 // ------------------------------------------------------------ public API
@@ -523,35 +1097,15 @@ ClipTokenizer ClipTokenizer::from_dir(const std::string& tokenizer_dir) {
   const std::string vocab_path = (dir / "vocab.json").string(), merges_path = (dir / "merges.txt").string();
   const nlohmann::json vocab = parse_json(read_file(vocab_path), vocab_path);
   auto impl = build_impl(vocab, read_file(merges_path), vocab_path, merges_path);
-  // pad_token: a string or an AddedToken object {"content": ...}; special_tokens_map.json wins.
-  for (const char* name : {"tokenizer_config.json", "special_tokens_map.json"}) {
-    const fs::path p = dir / name;
-    std::error_code ec;
-    if (!fs::exists(p, ec)) continue;
-    const nlohmann::json cfg = parse_json(read_file(p.string()), p.string());
-    if (!cfg.is_object() || !cfg.contains("pad_token") || cfg["pad_token"].is_null()) continue;
-    const nlohmann::json& pt = cfg["pad_token"];
-    std::string pad;
-    if (pt.is_string()) {
-      pad = pt.get<std::string>();
-    } else if (pt.is_object() && pt.contains("content") && pt["content"].is_string()) {
-      pad = pt["content"].get<std::string>();
-    } else {
-      throw ModelFormatError(p.string() + ": pad_token is neither a string nor {\"content\": ...}");
-    }
-    auto it = impl->vocab.find(pad);
-    if (it == impl->vocab.end())
-      throw ModelFormatError(p.string() + ": pad_token \"" + pad + "\" is not in " + vocab_path);
-    impl->pad = it->second;
-  }
+  apply_pretrained_config(*impl, dir);
   return ClipTokenizer(std::move(impl));
 }
 
 ClipTokenizer ClipTokenizer::bundled() {
   static const std::shared_ptr<const Impl> impl = [] {
     const std::string name = "embedded bpe_simple_vocab_16e6.txt.gz";
-    const std::string text = gunzip(sdserve_clip_bpe_gz,
-                                    static_cast<size_t>(sdserve_clip_bpe_gz_end - sdserve_clip_bpe_gz), name);
+    const std::string text =
+        gunzip(sdserve_clip_bpe_gz, static_cast<size_t>(sdserve_clip_bpe_gz_end - sdserve_clip_bpe_gz), name);
     // As CLIP: merges are lines 1..48894 (line 0 is a header); the vocabulary is the 256 byte
     // characters, the same with "</w>", one token per merge, then the two special tokens.
     constexpr size_t kMerges = 49152 - 256 - 2;

@@ -13,13 +13,19 @@ namespace sdserve {
 
 class ClipTokenizer {
  public:
-  // vocab.json (token -> id) and merges.txt ("#version" header, then "a b" per line), as in a
-  // diffusers model's tokenizer/ folder. Throws NotFoundError/IoError/ModelFormatError naming the file.
+  // vocab.json (token -> id) and merges.txt ("#version" header, then "a b" per line), matched like
+  // `CLIPTokenizer(vocab_file, merges_file)`: only "<|startoftext|>"/"<|endoftext|>" are added tokens, and
+  // pad is EOS. Throws NotFoundError/IoError/ModelFormatError naming the file.
   static ClipTokenizer from_files(const std::string& vocab_json, const std::string& merges_txt);
-  // vocab.json + merges.txt in `tokenizer_dir`; the pad token comes from special_tokens_map.json or
-  // tokenizer_config.json when present (SD 2.x uses "!"), else it is the EOS token.
+  // A diffusers tokenizer/ folder, id-for-id equal to transformers' `CLIPTokenizer.from_pretrained(dir)`:
+  // vocab.json + merges.txt, plus the added/special tokens of tokenizer_config.json (added_tokens_decoder,
+  // *_token, additional/extra_special_tokens, split_special_tokens) or, without added_tokens_decoder,
+  // special_tokens_map.json and added_tokens.json, with their lstrip/rstrip/single_word/normalized flags
+  // (e.g. SD 2.x's pad token "!" becomes id 0 wherever it appears). Tokens not in vocab.json get ids from
+  // vocab_size() on. Malformed or mistyped files throw a one-line ModelFormatError naming the file.
   static ClipTokenizer from_dir(const std::string& tokenizer_dir);
-  // Standard CLIP ViT-L/14 vocabulary (49408 tokens) built from the embedded open_clip merges file.
+  // Standard CLIP ViT-L/14 vocabulary (49408 tokens) built from the embedded open_clip merges file, with
+  // from_files() matching (= `CLIPTokenizer(vocab_file, merges_file)` on that vocabulary).
   // Built once (thread-safe); copies share the same immutable tables.
   static ClipTokenizer bundled();
 
@@ -33,7 +39,7 @@ class ClipTokenizer {
   int32_t bos_id() const;
   int32_t eos_id() const;
   int32_t pad_id() const;
-  size_t vocab_size() const;
+  size_t vocab_size() const;  // entries of vocab.json (added tokens outside it not counted)
 
   struct Impl;
 
