@@ -24,9 +24,10 @@ GemmBackend default_backend() {
     if (s == "openblas" && gemm_backend_available(GemmBackend::OpenBLAS)) return GemmBackend::OpenBLAS;
     if (s == "reference") return GemmBackend::Reference;
   }
-  // oneDNN is the default where both exist: see docs/PERFORMANCE.md for the measurements.
-  if (gemm_backend_available(GemmBackend::OneDNN)) return GemmBackend::OneDNN;
+  // OpenBLAS is the default GEMM where both exist (faster on the text encoder's small-M
+  // shapes, even on the UNet's): docs/PERFORMANCE.md. Convolutions use oneDNN regardless.
   if (gemm_backend_available(GemmBackend::OpenBLAS)) return GemmBackend::OpenBLAS;
+  if (gemm_backend_available(GemmBackend::OneDNN)) return GemmBackend::OneDNN;
   return GemmBackend::Reference;
 }
 
