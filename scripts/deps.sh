@@ -5,7 +5,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 
 pkgs=(cmake ninja-build g++ clang lld libclang-rt-14-dev pkg-config
-      libdnnl-dev libopenblas-dev nlohmann-json3-dev libcli11-dev zlib1g-dev
+      libdnnl-dev libopenblas-dev nlohmann-json3-dev libcli11-dev zlib1g-dev libpng-dev
       libgtest-dev libgmock-dev libbenchmark-dev python3 python3-pip python3-venv)
 missing=()
 for p in "${pkgs[@]}"; do
