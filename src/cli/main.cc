@@ -2,17 +2,23 @@
 // typed engine errors map to exit codes here and nowhere else.
 #include <omp.h>
 
+#include <unistd.h>
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
 
 #include "core/error.h"
 #include "cpu/gemm.h"
+#include "io/infotext.h"
 #include "io/model_files.h"
+#include "io/png.h"
 #include "io/safetensors.h"
 #include "models/loader.h"
+#include "pipeline/stable_diffusion.h"
 #include "pipeline/tokenizer.h"
 
 namespace sd = sdserve;
@@ -124,6 +130,67 @@ int cmd_encode(const std::string& model_path, const std::string& text, int clip_
   return 0;
 }
 
+// FILE.png for one image; for a batch, "{n}" in the name is replaced by the image index,
+// else -N is inserted before the extension (out.png -> out-0.png, out-1.png, ...).
+std::string output_name(const std::string& pattern, int index, int count) {
+  if (count == 1) return pattern;
+  const size_t brace = pattern.find("{n}");
+  if (brace != std::string::npos) return pattern.substr(0, brace) + std::to_string(index) + pattern.substr(brace + 3);
+  const std::filesystem::path p(pattern);
+  return (p.parent_path() / (p.stem().string() + "-" + std::to_string(index) + p.extension().string())).string();
+}
+
+struct GenerateArgs {
+  std::string model, output, rng = "cpu";
+  sd::GenerateRequest req;
+};
+
+int cmd_generate(GenerateArgs& a) {
+  const auto t0 = std::chrono::steady_clock::now();
+  a.req.rng = sd::parse_rng(a.rng);
+  sd::parse_sampler(a.req.sampler, a.req.schedule);  // unknown names fail before loading anything
+  const auto model = sd::StableDiffusion::load(a.model);
+  model->validate(a.req);
+  const bool tty = isatty(STDERR_FILENO);
+  const auto start = std::chrono::steady_clock::now();
+  auto progress = [&](int step, int total) {
+    if (!tty) return true;
+    const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double rate = step / std::max(el, 1e-9);
+    const int width = 30, done = total ? step * width / total : width;
+    std::fprintf(stderr, "\r[%s%s] %d/%d  %.2f it/s  ETA %.0fs ", std::string(size_t(done), '#').c_str(),
+                 std::string(size_t(width - done), '.').c_str(), step, total, rate,
+                 (total - step) / std::max(rate, 1e-9));
+    if (step == total) std::fputc('\n', stderr);
+    return true;
+  };
+  const auto images = model->txt2img(a.req, progress);
+  const sd::SamplerChoice choice = sd::parse_sampler(a.req.sampler, a.req.schedule);
+  for (size_t i = 0; i < images.size(); ++i) {
+    const auto& im = images[i];
+    sd::GenerationParams gp;
+    gp.prompt = a.req.prompt;
+    gp.negative_prompt = a.req.negative_prompt;
+    gp.steps = a.req.steps;
+    gp.sampler = sd::sampler_name(choice.sampler);
+    gp.schedule_type = sd::schedule_name(choice.schedule);
+    gp.cfg_scale = a.req.cfg_scale;
+    gp.seed = im.seed;
+    gp.width = im.width;
+    gp.height = im.height;
+    gp.model_name = std::filesystem::path(a.model).stem().string();
+    if (std::filesystem::is_regular_file(a.model)) gp.model_hash = sd::a1111_model_hash(a.model);
+    gp.clip_skip = a.req.clip_skip;
+    if (a.req.rng == sd::RngKind::CPU) gp.set_extra("RNG", "CPU");
+    gp.version = std::string("sdserve ") + SDSERVE_VERSION;
+    const std::string path = output_name(a.output, int(i), int(images.size()));
+    sd::write_png_file(path, im.rgb.data(), im.width, im.height, 3, {{"parameters", sd::to_infotext(gp)}});
+    std::fprintf(stderr, "wrote %s (seed %lld)\n", path.c_str(), static_cast<long long>(im.seed));
+  }
+  std::fprintf(stderr, "done in %.1fs\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -158,6 +225,26 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 48));
   encode->add_option("--output", enc_out, "output .safetensors (input_ids, hidden, pooled)")->required();
 
+  GenerateArgs gen;
+  auto* generate = app.add_subcommand("generate", "txt2img: write PNG(s) with A1111 'parameters' metadata");
+  generate->add_option("--model", gen.model, "model file or folder")->required();
+  generate->add_option("--prompt", gen.req.prompt, "prompt")->required();
+  generate->add_option("--negative-prompt", gen.req.negative_prompt, "negative prompt");
+  generate->add_option("--steps", gen.req.steps, "sampling steps (default 20)");
+  generate->add_option("--cfg-scale", gen.req.cfg_scale, "classifier-free guidance scale (default 7)");
+  generate->add_option("--sampler", gen.req.sampler,
+                       "A1111 sampler name (default Euler); 'DPM++ 2M Karras' style works");
+  generate->add_option("--scheduler", gen.req.schedule, "schedule type: Automatic, Karras, Exponential, SGM Uniform");
+  generate->add_option("--seed", gen.req.seed, "seed; -1 = random (default); image i of a batch uses seed+i");
+  generate->add_option("--rng", gen.rng, "noise source: cpu (diffusers/torch CPU) or cuda (A1111 default)");
+  generate->add_option("--width", gen.req.width, "multiple of 8 (default 512)");
+  generate->add_option("--height", gen.req.height, "multiple of 8 (default 512)");
+  generate->add_option("--batch-size", gen.req.batch_size, "images in one batch (default 1)");
+  generate->add_option("--clip-skip", gen.req.clip_skip, "1 = last layer (default), 2 = penultimate");
+  generate->add_option("--guidance-rescale", gen.req.guidance_rescale, "0..1 (default 0)");
+  generate->add_option("--eta", gen.req.eta, "DDIM eta (default 0)");
+  generate->add_option("--output", gen.output, "FILE.png; batches: '{n}' in the name or FILE-N.png")->required();
+
   auto* serve = app.add_subcommand("serve", "Run the HTTP service (not implemented yet)");
   serve->allow_extras();
 
@@ -174,6 +261,7 @@ int main(int argc, char** argv) {
     if (*inspect) return cmd_inspect(inspect_path, inspect_json);
     if (*tokenize) return cmd_tokenize(tok_model, tok_stdin, tok_text);
     if (*encode) return cmd_encode(enc_model, enc_text, enc_skip, enc_out);
+    if (*generate) return cmd_generate(gen);
     if (*serve) {
       std::cerr << "sdserve: serve: the HTTP service is not implemented yet (tracked in the service issue); "
                    "available now: inspect, tokenize, encode\n";

@@ -1,0 +1,203 @@
+#include "pipeline/stable_diffusion.h"
+
+#include <cmath>
+#include <random>
+
+#include "io/png.h"
+#include "models/loader.h"
+#include "ops/concat.h"
+
+namespace sdserve {
+
+namespace {
+
+// One generator per image, so image i of a batch is the image seed + i gives alone
+// (diffusers with a list of generators; A1111's batch semantics).
+class PerImageNoise : public NoiseGenerator {
+ public:
+  PerImageNoise(RngKind kind, const std::vector<int64_t>& seeds) {
+    for (int64_t s : seeds) gens_.push_back(make_generator(kind, uint64_t(s)));
+  }
+  Tensor randn(const Shape& shape) override {
+    SD_CHECK_ARG(!shape.empty() && shape[0] == int64_t(gens_.size()), "noise: batch size mismatch");
+    Shape one = shape;
+    one[0] = 1;
+    std::vector<Tensor> parts;
+    for (auto& g : gens_) parts.push_back(g->randn(one));
+    return parts.size() == 1 ? parts[0] : ops::concat(parts, 0);
+  }
+
+ private:
+  std::vector<std::unique_ptr<NoiseGenerator>> gens_;
+};
+
+Tensor repeat_batch(const Tensor& t, int64_t n) {
+  if (n == 1) return t;
+  return ops::concat(std::vector<Tensor>(size_t(n), t), 0);
+}
+
+}  // namespace
+
+std::unique_ptr<StableDiffusion> StableDiffusion::load(const std::string& path, const LoadOptions& opt) {
+  auto sd = std::make_unique<StableDiffusion>();
+  sd->files_ = std::make_unique<ModelFiles>(ModelFiles::open(path));
+  const ModelFiles& m = *sd->files_;
+  const ModelInfo& info = m.info();
+  if (info.family != ModelFamily::SD1 && info.family != ModelFamily::SD2)
+    throw UnsupportedError(path + ": " + family_name(info.family) + " models are not supported yet (SD1.x, SD2.x are)");
+  for (const char* c : {"text_encoder", "unet", "vae"})
+    if (std::find(info.components.begin(), info.components.end(), c) == info.components.end())
+      throw ModelFormatError(path + ": the model has no " + c);
+
+  TextEncoderOptions te;
+  te.dtype = opt.dtype;
+  te.head_dim = opt.text_head_dim;
+  sd->text_encoder_ = std::make_unique<ClipTextModel>(load_text_encoder(m, te));
+  if (auto dir = m.tokenizer_dir()) {
+    sd->tokenizer_ = std::make_unique<ClipTokenizer>(ClipTokenizer::from_dir(dir->string()));
+  } else {
+    sd->tokenizer_ = std::make_unique<ClipTokenizer>(ClipTokenizer::bundled());
+  }
+
+  UNetConfig ucfg;
+  VAEConfig vcfg;
+  WeightSource usrc = m.component("unet"), vsrc = m.component("vae");
+  if (info.layout == ModelLayout::Diffusers) {
+    ucfg = UNetConfig::from_json(m.component_config("unet"));
+    vcfg = VAEConfig::from_json(m.component_config("vae"));
+    const auto sched_path = std::filesystem::path(info.path) / "scheduler" / "scheduler_config.json";
+    if (std::filesystem::is_regular_file(sched_path))
+      sd->schedule_ = ScheduleConfig::from_json(read_json_file(sched_path));
+  } else {
+    ucfg = infer_unet_config_ldm(usrc, info.family, opt.ldm);
+    vcfg = infer_vae_config_ldm(vsrc, opt.ldm.norm_num_groups);
+    usrc = usrc.with_renames(std::make_shared<const NameMap>(unet_ldm_name_map(ucfg)));
+    vsrc = vsrc.with_renames(std::make_shared<const NameMap>(vae_ldm_name_map(vcfg)));
+    // Single files carry no scheduler config: SD1.5 / SD2 defaults (epsilon; v-prediction
+    // models need a config, as in diffusers).
+  }
+  sd->unet_ = std::make_unique<UNet>(UNet::load(ucfg, usrc, opt.dtype));
+  sd->vae_ = std::make_unique<VAE>(VAE::load(vcfg, vsrc, opt.dtype));
+  sd->vae_scale_ = 1 << (vcfg.block_out_channels.size() - 1);
+  if (ucfg.cross_attention_dim != sd->text_encoder_->config().hidden_size)
+    throw ModelFormatError(path + ": UNet cross-attention width " + std::to_string(ucfg.cross_attention_dim) +
+                           " does not match the text encoder (" +
+                           std::to_string(sd->text_encoder_->config().hidden_size) + ")");
+  return sd;
+}
+
+void StableDiffusion::validate(const GenerateRequest& r) const {
+  const int m = vae_scale_;
+  auto check_size = [&](const char* what, int v) {
+    SD_CHECK_ARG(v >= m && v <= 8192 && v % 8 == 0,
+                 std::string(what) + " must be a multiple of 8 between 8 and 8192, got " + std::to_string(v));
+  };
+  check_size("width", r.width);
+  check_size("height", r.height);
+  SD_CHECK_ARG(r.steps >= 1 && r.steps <= 1000, "steps must be between 1 and 1000, got " + std::to_string(r.steps));
+  SD_CHECK_ARG(std::isfinite(r.cfg_scale) && r.cfg_scale >= 0 && r.cfg_scale <= 100,
+               "cfg scale must be between 0 and 100");
+  SD_CHECK_ARG(r.batch_size >= 1 && r.batch_size <= 64, "batch size must be between 1 and 64");
+  SD_CHECK_ARG(r.clip_skip >= 1 && r.clip_skip <= text_encoder_->config().num_layers,
+               "clip skip must be between 1 and " + std::to_string(text_encoder_->config().num_layers));
+  SD_CHECK_ARG(r.seed >= -1 && r.seed <= int64_t(0xFFFFFFFFll) * 4, "seed must be -1 or a non-negative integer");
+  SD_CHECK_ARG(std::isfinite(r.guidance_rescale) && r.guidance_rescale >= 0 && r.guidance_rescale <= 1,
+               "guidance rescale must be between 0 and 1");
+  parse_sampler(r.sampler, r.schedule);  // throws with the list of valid names
+}
+
+Tensor StableDiffusion::encode_prompt(const std::string& text, int clip_skip) const {
+  std::vector<int32_t> ids = tokenizer_->encode(text);
+  const size_t ctx = size_t(text_encoder_->config().max_positions);
+  if (ids.size() > ctx) {  // truncation=True keeps BOS ... EOS
+    ids.resize(ctx);
+    ids.back() = tokenizer_->eos_id();
+  }
+  ids.resize(ctx, tokenizer_->pad_id());
+  return text_encoder_->forward(Tensor::from_ids(ids, {1, int64_t(ctx)}), clip_skip).hidden;
+}
+
+std::vector<GeneratedImage> StableDiffusion::txt2img(const GenerateRequest& req, const ProgressFn& progress) const {
+  validate(req);
+  const int64_t n = req.batch_size;
+  int64_t seed = req.seed;
+  if (seed < 0) seed = int64_t(std::random_device{}() & 0xFFFFFFFFu);
+  std::vector<int64_t> seeds;
+  for (int64_t i = 0; i < n; ++i) seeds.push_back(seed + i);
+
+  const bool cfg = req.cfg_scale > 1.f;  // diffusers: guidance only when scale > 1
+  const Tensor cond = repeat_batch(encode_prompt(req.prompt, req.clip_skip), n);
+  Tensor context = cond;
+  if (cfg) context = ops::concat({repeat_batch(encode_prompt(req.negative_prompt, req.clip_skip), n), cond}, 0);
+
+  SamplerOptions so;
+  so.sampler = req.sampler;
+  so.schedule = req.schedule;
+  so.steps = req.steps;
+  so.eta = req.eta;
+  auto sampler = Sampler::create(so, schedule_);
+  PerImageNoise noise(req.rng, seeds);
+  const int64_t lc = unet_->config().in_channels;
+  Tensor latents = noise.randn({n, lc, req.height / vae_scale_, req.width / vae_scale_});
+  {
+    const float s = sampler->init_noise_sigma();
+    float* p = latents.data<float>();
+    for (int64_t i = 0; i < latents.numel(); ++i) p[i] *= s;
+  }
+
+  const size_t calls = sampler->num_model_calls();
+  for (size_t i = 0; i < calls; ++i) {
+    const Tensor scaled = sampler->scale_model_input(latents, i);
+    const Tensor input = cfg ? ops::concat({scaled, scaled}, 0) : scaled;
+    const Tensor pred = unet_->forward(input, {sampler->timesteps()[i]}, context).to(DType::F32).contiguous();
+    Tensor guided = pred;
+    if (cfg) {
+      const int64_t per = latents.numel();
+      guided = Tensor::empty(latents.shape(), DType::F32);
+      const float* u = pred.data<float>();
+      const float* c = u + per;
+      float* g = guided.data<float>();
+      for (int64_t k = 0; k < per; ++k) g[k] = u[k] + req.cfg_scale * (c[k] - u[k]);
+      if (req.guidance_rescale > 0.f) {
+        // diffusers rescale_noise_cfg: match the std of the text prediction, per sample.
+        const int64_t each = per / n;
+        for (int64_t b = 0; b < n; ++b) {
+          double sc = 0, sg = 0, mc = 0, mg = 0;
+          for (int64_t k = 0; k < each; ++k) mc += c[b * each + k], mg += g[b * each + k];
+          mc /= double(each), mg /= double(each);
+          for (int64_t k = 0; k < each; ++k) {
+            sc += std::pow(c[b * each + k] - mc, 2);
+            sg += std::pow(g[b * each + k] - mg, 2);
+          }
+          const double ratio = std::sqrt(sc / double(each - 1)) / std::sqrt(sg / double(each - 1));
+          for (int64_t k = 0; k < each; ++k) {
+            float& v = g[b * each + k];
+            v = float(req.guidance_rescale * (v * ratio) + (1.0 - req.guidance_rescale) * v);
+          }
+        }
+      }
+    }
+    latents = sampler->step(guided, i, latents, noise);
+    if (progress && !progress(int(i + 1), int(calls))) throw Cancelled();
+  }
+
+  Tensor z = latents.clone();
+  {
+    const VAEConfig& vc = vae_->config();
+    float* p = z.data<float>();
+    for (int64_t i = 0; i < z.numel(); ++i) p[i] = p[i] / vc.scaling_factor + vc.shift_factor;
+  }
+  const Tensor images = vae_->decode(z).to(DType::F32);
+  std::vector<GeneratedImage> out;
+  for (int64_t b = 0; b < n; ++b) {
+    GeneratedImage im;
+    im.width = int(images.size(3));
+    im.height = int(images.size(2));
+    im.rgb = image_to_rgb8(images.select(0, b).contiguous());
+    im.seed = seeds[size_t(b)];
+    out.push_back(std::move(im));
+  }
+  return out;
+}
+
+}  // namespace sdserve

@@ -1,0 +1,83 @@
+// A loaded Stable Diffusion model (SD1.x / SD2.x) and txt2img on it, step for step
+// as diffusers' StableDiffusionPipeline: same prompt encoding, latents, CFG batch,
+// sampler and VAE decode, so a seed gives a diffusers user's image.
+#pragma once
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/ldm_names.h"
+#include "io/model_files.h"
+#include "models/clip_text.h"
+#include "models/unet.h"
+#include "models/vae.h"
+#include "pipeline/rng.h"
+#include "pipeline/scheduler.h"
+#include "pipeline/tokenizer.h"
+
+namespace sdserve {
+
+struct LoadOptions {
+  DType dtype = DType::F32;
+  // Single-file checkpoints store neither head counts nor group counts; these defaults
+  // are those of every released SD1/SD2 model. Tests with tiny models override them.
+  int64_t text_head_dim = 64;
+  LdmInferOptions ldm;  // UNet heads and group counts of single files
+};
+
+struct GenerateRequest {
+  std::string prompt;
+  std::string negative_prompt;
+  int width = 512;
+  int height = 512;
+  int steps = 20;
+  float cfg_scale = 7.f;
+  std::string sampler = "Euler";
+  std::string schedule = "Automatic";
+  int64_t seed = -1;  // -1: random; image i of a batch uses seed + i (A1111)
+  RngKind rng = RngKind::CPU;
+  int batch_size = 1;
+  int clip_skip = 1;  // A1111 semantics: 1 = last layer
+  float eta = 0.f;
+  float guidance_rescale = 0.f;
+};
+
+struct GeneratedImage {
+  int width = 0, height = 0;
+  std::vector<uint8_t> rgb;  // width * height * 3
+  int64_t seed = 0;
+};
+
+// Called after every model evaluation; return false to cancel (the call then throws Cancelled).
+using ProgressFn = std::function<bool(int step, int total)>;
+
+struct Cancelled : Error {
+  Cancelled() : Error(ErrorKind::InvalidArgument, "generation canceled") {}
+};
+
+class StableDiffusion {
+ public:
+  static std::unique_ptr<StableDiffusion> load(const std::string& path, const LoadOptions& opt = {});
+
+  // Validates everything before any work; throws InvalidArgument naming the bad value.
+  void validate(const GenerateRequest& req) const;
+  std::vector<GeneratedImage> txt2img(const GenerateRequest& req, const ProgressFn& progress = {}) const;
+
+  // [N, T, D] embeddings of prompts, padded/truncated to the encoder's context like diffusers.
+  Tensor encode_prompt(const std::string& text, int clip_skip) const;
+
+  const ModelInfo& info() const { return files_->info(); }
+  int vae_scale_factor() const { return vae_scale_; }
+
+ private:
+  std::unique_ptr<ModelFiles> files_;
+  std::unique_ptr<ClipTokenizer> tokenizer_;
+  std::unique_ptr<ClipTextModel> text_encoder_;
+  std::unique_ptr<UNet> unet_;
+  std::unique_ptr<VAE> vae_;
+  ScheduleConfig schedule_;
+  int vae_scale_ = 8;
+};
+
+}  // namespace sdserve
