@@ -47,7 +47,9 @@ const Shape kShapes[] = {
   for (const Shape& s : kShapes)
     for (GemmBackend be : {GemmBackend::OneDNN, GemmBackend::OpenBLAS}) {
       const std::string name = std::string("Gemm/") + sdserve::cpu::gemm_backend_name(be) + "/" + s.name;
-      benchmark::RegisterBenchmark(name.c_str(), BM_Gemm, be, s.m, s.n, s.k, s.tb)->Unit(benchmark::kMillisecond)->UseRealTime();
+      benchmark::RegisterBenchmark(name.c_str(), BM_Gemm, be, s.m, s.n, s.k, s.tb)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
     }
   return true;
 }();
