@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -223,6 +224,25 @@ TEST(Infotext, StripsPythonWhitespace) {
   EXPECT_EQ(p.height, 16);
 }
 
+TEST(Infotext, LinearOnHostileInput) {
+  // Inputs on which a backtracking regex (A1111's, in Python) goes quadratic: long key runs never
+  // followed by ':', and many quoted values whose closing quote is far away. 2 MB each must be quick.
+  std::string run(2 << 20, 'a');
+  std::string quotes;
+  while (quotes.size() < (2u << 20)) quotes += "Ke: \"x, ";
+  std::string escapes = "Ke: \"" + std::string(2 << 20, '\\');
+  for (const std::string* s : {&run, &quotes, &escapes}) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const GenerationParams p = parse_infotext(*s + "\nSteps: 1, Seed: 2, Size: 3x4");
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_EQ(p.steps, 1);
+    EXPECT_LT(sec, 2.0);
+    const auto t1 = std::chrono::steady_clock::now();
+    infotext_find_params(*s);
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count(), 2.0);
+  }
+}
+
 // ---- round trip ----
 
 std::string random_text(std::mt19937& rng, bool multiline) {
@@ -380,6 +400,18 @@ TEST(Sha256, KnownVectors) {
   }
   const auto d = s.digest();
   EXPECT_EQ(to_hex(d.data(), d.size()), "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+}
+
+TEST(Sha256, HardwareAndPortablePathsAgree) {
+  std::mt19937 rng(3);
+  std::string data(100000, '\0');
+  for (char& c : data) c = char(rng());
+  for (size_t n : {0, 1, 55, 56, 63, 64, 65, 127, 128, 1000, 65536, 100000}) {
+    Sha256 fast, portable(true);
+    fast.update(data.data(), n);
+    portable.update(data.data(), n);
+    EXPECT_EQ(fast.digest(), portable.digest()) << n;
+  }
 }
 
 TEST(Sha256, ModelHashIsFirstTenHexDigitsOfFileHash) {
