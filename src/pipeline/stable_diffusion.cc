@@ -53,7 +53,9 @@ std::unique_ptr<StableDiffusion> StableDiffusion::load(const std::string& path, 
   te.dtype = opt.dtype;
   te.head_dim = opt.text_head_dim;
   sd->text_encoder_ = std::make_unique<ClipTextModel>(load_text_encoder(m, te));
-  if (auto dir = m.tokenizer_dir()) {
+  if (opt.tokenizer_dir) {
+    sd->tokenizer_ = std::make_unique<ClipTokenizer>(ClipTokenizer::from_dir(*opt.tokenizer_dir));
+  } else if (auto dir = m.tokenizer_dir()) {
     sd->tokenizer_ = std::make_unique<ClipTokenizer>(ClipTokenizer::from_dir(dir->string()));
   } else {
     sd->tokenizer_ = std::make_unique<ClipTokenizer>(ClipTokenizer::bundled());
@@ -75,6 +77,11 @@ std::unique_ptr<StableDiffusion> StableDiffusion::load(const std::string& path, 
     vsrc = vsrc.with_renames(std::make_shared<const NameMap>(vae_ldm_name_map(vcfg)));
     // Single files carry no scheduler config: SD1.5 / SD2 defaults (epsilon; v-prediction
     // models need a config, as in diffusers).
+  }
+  if (opt.scheduler_config_path) {
+    const std::filesystem::path sp(*opt.scheduler_config_path);
+    if (!std::filesystem::is_regular_file(sp)) throw NotFoundError("scheduler config not found: " + sp.string());
+    sd->schedule_ = ScheduleConfig::from_json(read_json_file(sp));
   }
   sd->unet_ = std::make_unique<UNet>(UNet::load(ucfg, usrc, opt.dtype));
   sd->vae_ = std::make_unique<VAE>(VAE::load(vcfg, vsrc, opt.dtype));

@@ -4,6 +4,7 @@
 #pragma once
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,13 @@ struct LoadOptions {
   // are those of every released SD1/SD2 model. Tests with tiny models override them.
   int64_t text_head_dim = 64;
   LdmInferOptions ldm;  // UNet heads and group counts of single files
+  // A diffusers scheduler_config.json to use instead of the model's own. Single files carry
+  // none (they get SD1.5's defaults), so a v-prediction single file needs this, as
+  // diffusers' from_single_file needs a config.
+  std::optional<std::string> scheduler_config_path;
+  // A tokenizer folder (vocab.json, merges.txt, ...) to use instead of the model's own, or of
+  // the bundled CLIP vocabulary that single files get (models with another vocabulary need it).
+  std::optional<std::string> tokenizer_dir;
 };
 
 struct GenerateRequest {

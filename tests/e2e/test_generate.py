@@ -1,0 +1,70 @@
+"""`sdserve generate` end to end: the PNG it writes matches diffusers' image (goldens from
+tools/make_txt2img_goldens.py) within 2/255, carries A1111 parameters, and bad input fails fast."""
+import pytest
+
+from conftest import FIXTURES, decode_png, read_safetensors
+
+MODELS = FIXTURES / "models"
+GOLDEN = FIXTURES / "golden" / "txt2img"
+CASES = ["Euler a|Automatic", "DPM++ 2M|Karras", "DDIM|Automatic", "UniPC|SGM Uniform"]
+
+
+def one_error_line(proc):
+    assert proc.returncode != 0
+    lines = proc.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("sdserve: error: ")
+    return lines[0]
+
+
+def generate_args(model, out, meta, sampler="Euler", schedule="Automatic", **over):
+    args = {"--model": MODELS / model, "--prompt": meta["prompt"], "--negative-prompt": meta["negative_prompt"],
+            "--steps": meta["steps"], "--cfg-scale": meta["cfg"], "--seed": meta["seed"], "--rng": "cpu",
+            "--width": meta["width"], "--height": meta["height"], "--sampler": sampler, "--scheduler": schedule,
+            "--output": out}
+    args.update(over)
+    return ["generate"] + [x for kv in args.items() for x in kv]
+
+
+@pytest.mark.parametrize("model", ["sd1-tiny", "sd2-tiny"])
+@pytest.mark.parametrize("case", CASES)
+def test_generate_matches_diffusers(run, tmp_path, model, case):
+    tensors, meta = read_safetensors(GOLDEN / f"{model}.safetensors")
+    dtype, shape, want = tensors[case]
+    assert dtype == "U8" and len(shape) == 3
+    sampler, schedule = case.split("|")
+    out = tmp_path / "out.png"
+    p = run(*generate_args(model, out, meta, sampler, schedule))
+    assert p.returncode == 0, p.stderr
+    w, h, ch, got, text = decode_png(out)
+    assert (h, w, ch) == shape
+    worst = max(abs(a - b) for a, b in zip(got, want))
+    assert worst <= 2, f"{model} {case}: max |diff| {worst}/255"
+    params = text["parameters"]
+    assert "Steps: 5" in params and f"Sampler: {sampler}" in params and "Seed: 1234" in params, params
+    if schedule != "Automatic":
+        assert schedule in params, params
+
+
+@pytest.mark.parametrize("over, needle", [
+    ({"--width": "33"}, "width"),
+    ({"--steps": "0"}, "steps"),
+    ({"--sampler": "Bogus"}, "DPM++ 2M"),  # the message lists the valid names
+])
+def test_generate_bad_input(run, tmp_path, over, needle):
+    _, meta = read_safetensors(GOLDEN / "sd1-tiny.safetensors")
+    out = tmp_path / "out.png"
+    line = one_error_line(run(*generate_args("sd1-tiny", out, meta, **over)))
+    assert needle in line, line
+    if "--sampler" in over:
+        for name in ("Euler a", "DDIM", "UniPC"):
+            assert name in line, line
+    assert not out.exists()
+
+
+def test_generate_missing_model(run, tmp_path):
+    _, meta = read_safetensors(GOLDEN / "sd1-tiny.safetensors")
+    out = tmp_path / "out.png"
+    line = one_error_line(run(*generate_args("no-such-model", out, meta)))
+    assert "no-such-model" in line, line
+    assert not out.exists()
