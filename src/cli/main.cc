@@ -148,7 +148,7 @@ struct GenerateArgs {
 int cmd_generate(GenerateArgs& a) {
   const auto t0 = std::chrono::steady_clock::now();
   a.req.rng = sd::parse_rng(a.rng);
-  sd::parse_sampler(a.req.sampler, a.req.schedule);  // unknown names fail before loading anything
+  sd::validate_request(a.req);  // bad sizes, steps or sampler names fail before loading anything
   const auto model = sd::StableDiffusion::load(a.model);
   model->validate(a.req);
   const bool tty = isatty(STDERR_FILENO);

@@ -1,6 +1,7 @@
 #include "pipeline/stable_diffusion.h"
 
 #include <cmath>
+#include <limits>
 #include <random>
 
 #include "io/png.h"
@@ -93,10 +94,9 @@ std::unique_ptr<StableDiffusion> StableDiffusion::load(const std::string& path, 
   return sd;
 }
 
-void StableDiffusion::validate(const GenerateRequest& r) const {
-  const int m = vae_scale_;
+void validate_request(const GenerateRequest& r) {
   auto check_size = [&](const char* what, int v) {
-    SD_CHECK_ARG(v >= m && v <= 8192 && v % 8 == 0,
+    SD_CHECK_ARG(v >= 8 && v <= 8192 && v % 8 == 0,
                  std::string(what) + " must be a multiple of 8 between 8 and 8192, got " + std::to_string(v));
   };
   check_size("width", r.width);
@@ -105,12 +105,19 @@ void StableDiffusion::validate(const GenerateRequest& r) const {
   SD_CHECK_ARG(std::isfinite(r.cfg_scale) && r.cfg_scale >= 0 && r.cfg_scale <= 100,
                "cfg scale must be between 0 and 100");
   SD_CHECK_ARG(r.batch_size >= 1 && r.batch_size <= 64, "batch size must be between 1 and 64");
-  SD_CHECK_ARG(r.clip_skip >= 1 && r.clip_skip <= text_encoder_->config().num_layers,
-               "clip skip must be between 1 and " + std::to_string(text_encoder_->config().num_layers));
-  SD_CHECK_ARG(r.seed >= -1 && r.seed <= int64_t(0xFFFFFFFFll) * 4, "seed must be -1 or a non-negative integer");
+  SD_CHECK_ARG(r.clip_skip >= 1, "clip skip must be at least 1 (1 = last layer)");
+  SD_CHECK_ARG(r.seed >= -1 && r.seed <= std::numeric_limits<int64_t>::max() - 64,
+               "seed must be -1 (random) or a non-negative integer");
   SD_CHECK_ARG(std::isfinite(r.guidance_rescale) && r.guidance_rescale >= 0 && r.guidance_rescale <= 1,
                "guidance rescale must be between 0 and 1");
+  SD_CHECK_ARG(std::isfinite(r.eta) && r.eta >= 0 && r.eta <= 1, "eta must be between 0 and 1");
   parse_sampler(r.sampler, r.schedule);  // throws with the list of valid names
+}
+
+void StableDiffusion::validate(const GenerateRequest& r) const {
+  validate_request(r);
+  SD_CHECK_ARG(r.clip_skip <= text_encoder_->config().num_layers,
+               "clip skip must be between 1 and " + std::to_string(text_encoder_->config().num_layers));
 }
 
 Tensor StableDiffusion::encode_prompt(const std::string& text, int clip_skip) const {

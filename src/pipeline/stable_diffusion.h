@@ -64,11 +64,15 @@ struct Cancelled : Error {
   Cancelled() : Error(ErrorKind::InvalidArgument, "generation canceled") {}
 };
 
+// Checks what can be checked without a model (sizes, steps, sampler names, ...), so a
+// front end can refuse a request before loading anything. Throws InvalidArgument.
+void validate_request(const GenerateRequest& req);
+
 class StableDiffusion {
  public:
   static std::unique_ptr<StableDiffusion> load(const std::string& path, const LoadOptions& opt = {});
 
-  // Validates everything before any work; throws InvalidArgument naming the bad value.
+  // validate_request plus the model-dependent checks; throws InvalidArgument naming the bad value.
   void validate(const GenerateRequest& req) const;
   std::vector<GeneratedImage> txt2img(const GenerateRequest& req, const ProgressFn& progress = {}) const;
 
