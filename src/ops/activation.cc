@@ -1,5 +1,6 @@
 #include "ops/activation.h"
 
+#include "core/profile.h"
 #include "cpu/kernels.h"
 #include "ops/dispatch.h"
 
@@ -28,6 +29,7 @@ const char* activation_name(Activation a) {
 }
 
 Tensor activation(const Tensor& x, Activation kind) {
+  SD_PROFILE_SCOPE("activation");
   if (x.device().type != DeviceType::CPU) no_backend("activation", x.device());
   const Tensor xc = x.contiguous();
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());

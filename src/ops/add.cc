@@ -1,11 +1,13 @@
 #include "ops/add.h"
 
+#include "core/profile.h"
 #include "cpu/kernels.h"
 #include "ops/dispatch.h"
 
 namespace sdserve::ops {
 
 Tensor add(const Tensor& a, const Tensor& b) {
+  SD_PROFILE_SCOPE("add");
   check_same_dtype("add", a, b);
   check_same_device("add", a, b);
   SD_CHECK_ARG(b.dim() <= a.dim(), "add: cannot broadcast " + shape_str(b.shape()) + " to " + shape_str(a.shape()));
@@ -23,6 +25,7 @@ Tensor add(const Tensor& a, const Tensor& b) {
 }
 
 Tensor add_channelwise(const Tensor& x, const Tensor& b) {
+  SD_PROFILE_SCOPE("add_channelwise");
   SD_CHECK_ARG(x.dim() >= 2 && b.dim() == 2 && b.size(0) == x.size(0) && b.size(1) == x.size(1),
                "add_channelwise: cannot add " + shape_str(b.shape()) + " to " + shape_str(x.shape()));
   check_same_dtype("add_channelwise", x, b);

@@ -2,11 +2,13 @@
 
 #include <cstring>
 
+#include "core/profile.h"
 #include "ops/dispatch.h"
 
 namespace sdserve::ops {
 
 Tensor concat(const std::vector<Tensor>& parts, int64_t dim) {
+  SD_PROFILE_SCOPE("concat");
   SD_CHECK_ARG(!parts.empty(), "concat: nothing to concatenate");
   const Tensor& first = parts[0];
   if (dim < 0) dim += first.dim();

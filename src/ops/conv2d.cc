@@ -1,11 +1,13 @@
 #include "ops/conv2d.h"
 
+#include "core/profile.h"
 #include "cpu/conv.h"
 #include "ops/dispatch.h"
 
 namespace sdserve::ops {
 
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor* bias, const Conv2dOptions& opt) {
+  SD_PROFILE_SCOPE("conv2d");
   SD_CHECK_ARG(x.dim() == 4, "conv2d: input must be [N, C, H, W], got " + shape_str(x.shape()));
   SD_CHECK_ARG(weight.dim() == 4, "conv2d: weight must be [O, C, kh, kw], got " + shape_str(weight.shape()));
   SD_CHECK_ARG(weight.size(1) == x.size(1),

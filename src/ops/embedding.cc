@@ -1,11 +1,13 @@
 #include "ops/embedding.h"
 
+#include "core/profile.h"
 #include "cpu/kernels.h"
 #include "ops/dispatch.h"
 
 namespace sdserve::ops {
 
 Tensor embedding(const Tensor& weight, const Tensor& ids) {
+  SD_PROFILE_SCOPE("embedding");
   SD_CHECK_ARG(weight.dim() == 2, "embedding: weight must be 2-D, got " + shape_str(weight.shape()));
   SD_CHECK_ARG(ids.dtype() == DType::I32, std::string("embedding: ids must be i32, got ") + dtype_name(ids.dtype()));
   check_same_device("embedding", weight, ids);

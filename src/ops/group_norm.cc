@@ -1,11 +1,13 @@
 #include "ops/group_norm.h"
 
+#include "core/profile.h"
 #include "cpu/kernels.h"
 #include "ops/dispatch.h"
 
 namespace sdserve::ops {
 
 Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& gamma, const Tensor& beta, float eps, bool silu) {
+  SD_PROFILE_SCOPE("group_norm");
   SD_CHECK_ARG(x.dim() >= 2, "group_norm: input must be [N, C, ...], got " + shape_str(x.shape()));
   const int64_t n = x.size(0), c = x.size(1);
   SD_CHECK_ARG(groups >= 1 && c % groups == 0, "group_norm: " + std::to_string(c) + " channels not divisible into " +

@@ -1,11 +1,13 @@
 #include "ops/layer_norm.h"
 
+#include "core/profile.h"
 #include "cpu/kernels.h"
 #include "ops/dispatch.h"
 
 namespace sdserve::ops {
 
 Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps) {
+  SD_PROFILE_SCOPE("layer_norm");
   SD_CHECK_ARG(x.dim() >= 1, "layer_norm: input must have at least one dimension");
   SD_CHECK_ARG(eps > 0.f, "layer_norm: eps must be positive");
   const int64_t dim = x.size(-1);

@@ -1,11 +1,13 @@
 #include "ops/linear.h"
 
+#include "core/profile.h"
 #include "cpu/kernels.h"
 #include "ops/dispatch.h"
 
 namespace sdserve::ops {
 
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor* bias) {
+  SD_PROFILE_SCOPE("linear");
   SD_CHECK_ARG(weight.dim() == 2, "linear: weight must be 2-D, got " + shape_str(weight.shape()));
   SD_CHECK_ARG(x.dim() >= 1, "linear: input must have at least one dimension");
   const int64_t in = weight.size(1), out_f = weight.size(0);

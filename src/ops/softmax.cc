@@ -1,11 +1,13 @@
 #include "ops/softmax.h"
 
+#include "core/profile.h"
 #include "cpu/kernels.h"
 #include "ops/dispatch.h"
 
 namespace sdserve::ops {
 
 Tensor softmax(const Tensor& x) {
+  SD_PROFILE_SCOPE("softmax");
   SD_CHECK_ARG(x.dim() >= 1, "softmax: input must have at least one dimension");
   if (x.device().type != DeviceType::CPU) no_backend("softmax", x.device());
   const Tensor xc = x.contiguous();
