@@ -1,5 +1,7 @@
 #include "io/png.h"
 
+#include "core/utf8.h"
+
 #include <png.h>
 #include <unistd.h>
 
@@ -94,24 +96,6 @@ std::vector<uint32_t> utf8_code_points(const std::string& s) {
     i += len;
   }
   return cps;
-}
-
-void append_utf8(std::string& out, uint32_t cp) {
-  if (cp < 0x80) {
-    out += char(cp);
-  } else if (cp < 0x800) {
-    out += char(0xC0 | (cp >> 6));
-    out += char(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += char(0xE0 | (cp >> 12));
-    out += char(0x80 | ((cp >> 6) & 0x3F));
-    out += char(0x80 | (cp & 0x3F));
-  } else {
-    out += char(0xF0 | (cp >> 18));
-    out += char(0x80 | ((cp >> 12) & 0x3F));
-    out += char(0x80 | ((cp >> 6) & 0x3F));
-    out += char(0x80 | (cp & 0x3F));
-  }
 }
 
 std::string latin1_to_utf8(const char* s, size_t n) {

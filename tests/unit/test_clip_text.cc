@@ -21,15 +21,6 @@ namespace {
 const fs::path kFixtures = fs::path(SDSERVE_SOURCE_DIR) / "tests" / "fixtures";
 constexpr double kTol = 1e-4;
 
-double max_abs_diff(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  if (a.shape() != b.shape()) return INFINITY;
-  const auto x = a.to_vector(), y = b.to_vector();
-  double m = 0;
-  for (size_t i = 0; i < x.size(); ++i) m = std::max(m, std::abs(double(x[i]) - double(y[i])));
-  return m;
-}
-
 struct Golden {
   Tensor ids, last, skip2, pooled;
   nlohmann::json config;
