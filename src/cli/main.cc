@@ -51,9 +51,7 @@ std::string one_line(std::string s) {
 
 sd::ClipTokenizer tokenizer_for(const std::string& model_path) {
   if (model_path.empty()) return sd::ClipTokenizer::bundled();
-  const sd::ModelFiles m = sd::ModelFiles::open(model_path);
-  if (auto dir = m.tokenizer_dir()) return sd::ClipTokenizer::from_dir(dir->string());
-  return sd::ClipTokenizer::bundled();
+  return sd::model_tokenizer(sd::ModelFiles::open(model_path));
 }
 
 void print_ids(const std::vector<int32_t>& ids) {
@@ -114,15 +112,8 @@ int cmd_tokenize(const std::string& model, bool from_stdin, const std::vector<st
 int cmd_encode(const std::string& model_path, const std::string& text, int clip_skip, const std::string& output) {
   const sd::ModelFiles m = sd::ModelFiles::open(model_path);
   const sd::ClipTextModel te = sd::load_text_encoder(m);
-  const sd::ClipTokenizer tok =
-      m.tokenizer_dir() ? sd::ClipTokenizer::from_dir(m.tokenizer_dir()->string()) : sd::ClipTokenizer::bundled();
-  std::vector<int32_t> ids = tok.encode(text);
   const size_t ctx = size_t(te.config().max_positions);
-  if (ids.size() > ctx) {
-    ids.resize(ctx);
-    ids.back() = tok.eos_id();
-  }
-  ids.resize(ctx, tok.pad_id());
+  const std::vector<int32_t> ids = sd::context_ids(sd::model_tokenizer(m), text, ctx);
   const sd::Tensor idt = sd::Tensor::from_ids(ids, {1, int64_t(ctx)});
   const auto out = te.forward(idt, clip_skip, /*want_pooled=*/true);
   sd::write_safetensors(output, {{"input_ids", idt}, {"hidden", out.hidden}, {"pooled", out.pooled}});

@@ -56,10 +56,8 @@ std::unique_ptr<StableDiffusion> StableDiffusion::load(const std::string& path, 
   sd->text_encoder_ = std::make_unique<ClipTextModel>(load_text_encoder(m, te));
   if (opt.tokenizer_dir) {
     sd->tokenizer_ = std::make_unique<ClipTokenizer>(ClipTokenizer::from_dir(*opt.tokenizer_dir));
-  } else if (auto dir = m.tokenizer_dir()) {
-    sd->tokenizer_ = std::make_unique<ClipTokenizer>(ClipTokenizer::from_dir(dir->string()));
   } else {
-    sd->tokenizer_ = std::make_unique<ClipTokenizer>(ClipTokenizer::bundled());
+    sd->tokenizer_ = std::make_unique<ClipTokenizer>(model_tokenizer(m));
   }
 
   UNetConfig ucfg;
@@ -120,14 +118,24 @@ void StableDiffusion::validate(const GenerateRequest& r) const {
                "clip skip must be between 1 and " + std::to_string(text_encoder_->config().num_layers));
 }
 
-Tensor StableDiffusion::encode_prompt(const std::string& text, int clip_skip) const {
-  std::vector<int32_t> ids = tokenizer_->encode(text);
-  const size_t ctx = size_t(text_encoder_->config().max_positions);
-  if (ids.size() > ctx) {  // truncation=True keeps BOS ... EOS
-    ids.resize(ctx);
-    ids.back() = tokenizer_->eos_id();
+ClipTokenizer model_tokenizer(const ModelFiles& model) {
+  if (auto dir = model.tokenizer_dir()) return ClipTokenizer::from_dir(dir->string());
+  return ClipTokenizer::bundled();
+}
+
+std::vector<int32_t> context_ids(const ClipTokenizer& tok, const std::string& text, size_t length) {
+  std::vector<int32_t> ids = tok.encode(text);
+  if (ids.size() > length) {  // truncation=True keeps BOS ... EOS
+    ids.resize(length);
+    ids.back() = tok.eos_id();
   }
-  ids.resize(ctx, tokenizer_->pad_id());
+  ids.resize(length, tok.pad_id());
+  return ids;
+}
+
+Tensor StableDiffusion::encode_prompt(const std::string& text, int clip_skip) const {
+  const size_t ctx = size_t(text_encoder_->config().max_positions);
+  const std::vector<int32_t> ids = context_ids(*tokenizer_, text, ctx);
   return text_encoder_->forward(Tensor::from_ids(ids, {1, int64_t(ctx)}), clip_skip).hidden;
 }
 

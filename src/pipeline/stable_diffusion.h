@@ -64,6 +64,13 @@ struct Cancelled : Error {
   Cancelled() : Error(ErrorKind::InvalidArgument, "generation canceled") {}
 };
 
+// The model's own tokenizer/ folder, else the bundled CLIP vocabulary (single files).
+ClipTokenizer model_tokenizer(const ModelFiles& model);
+
+// Token ids of `text` as diffusers feeds the text encoder: padding="max_length",
+// truncation=True to `length` (a truncated sequence still ends with EOS).
+std::vector<int32_t> context_ids(const ClipTokenizer& tok, const std::string& text, size_t length);
+
 // Checks what can be checked without a model (sizes, steps, sampler names, ...), so a
 // front end can refuse a request before loading anything. Throws InvalidArgument.
 void validate_request(const GenerateRequest& req);
