@@ -161,26 +161,6 @@ void linear_f32(const float* x, int64_t rows, int64_t in, const float* w, int64_
   sgemm(false, true, rows, out, in, 1.f, x, in, w, in, bias ? 1.f : 0.f, y, out);
 }
 
-void attention_f32(const float* q, const float* k, const float* v, int64_t tq, int64_t tk, int64_t d, int64_t dv,
-                   int64_t q_stride, int64_t k_stride, int64_t v_stride, int64_t o_stride, float scale, bool causal,
-                   float* o) {
-  // Score rows are computed a block at a time: the block stays in cache and memory is O(block * tk).
-  constexpr int64_t kBlock = 256;
-  std::vector<float> scores(size_t(std::min(tq, kBlock) * tk));
-  for (int64_t q0 = 0; q0 < tq; q0 += kBlock) {
-    const int64_t nq = std::min(kBlock, tq - q0);
-    float* s = scores.data();
-    sgemm(false, true, nq, tk, d, scale, q + q0 * q_stride, q_stride, k, k_stride, 0.f, s, tk);
-    if (causal) {
-      // Query i may attend to keys 0..i (queries and keys are the same positions).
-      for (int64_t i = 0; i < nq; ++i)
-        for (int64_t j = q0 + i + 1; j < tk; ++j) s[i * tk + j] = -std::numeric_limits<float>::infinity();
-    }
-    softmax_rows<float>(s, nq, tk, s);
-    sgemm(false, false, nq, dv, tk, 1.f, s, tk, v, v_stride, 0.f, o + q0 * o_stride, o_stride);
-  }
-}
-
 #define SD_INSTANTIATE(T)                                                                                         \
   template void embedding<T>(const T*, int64_t, int64_t, const int32_t*, int64_t, T*);                            \
   template void layer_norm<T>(const T*, const T*, const T*, int64_t, int64_t, float, T*);                         \

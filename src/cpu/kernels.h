@@ -41,10 +41,23 @@ void upsample_nearest(const T* x, int64_t nc, int64_t h, int64_t w, int64_t oh, 
 // y[rows, out] = x[rows, in] * w[out, in]^T + bias
 void linear_f32(const float* x, int64_t rows, int64_t in, const float* w, int64_t out, const float* bias, float* y);
 
-// Scaled dot-product attention for one (batch, head): q [tq, d], k [tk, d], v [tk, dv] -> o [tq, dv].
-// Rows of q are processed in blocks so the full score matrix is never held at once.
-void attention_f32(const float* q, const float* k, const float* v, int64_t tq, int64_t tk, int64_t d, int64_t dv,
-                   int64_t q_stride, int64_t k_stride, int64_t v_stride, int64_t o_stride, float scale, bool causal,
-                   float* o);
+// Scaled dot-product attention, batched over (batch, head): o = softmax(scale * q k^T) v, with
+// an optional causal mask (query i sees keys 0..i). Every operand is addressed by element
+// strides of batch, head and token; the last dimension (d for q and k, dv for v and o) is
+// contiguous. Threads over (batch, head, query block) with OpenMP (src/cpu/attention.cc).
+struct AttentionArgs {
+  const float* q = nullptr;
+  const float* k = nullptr;
+  const float* v = nullptr;
+  float* o = nullptr;
+  int64_t B = 0, H = 0, tq = 0, tk = 0, d = 0, dv = 0;
+  int64_t q_sb = 0, q_sh = 0, q_st = 0;
+  int64_t k_sb = 0, k_sh = 0, k_st = 0;
+  int64_t v_sb = 0, v_sh = 0, v_st = 0;
+  int64_t o_sb = 0, o_sh = 0, o_st = 0;
+  float scale = 1.f;
+  bool causal = false;
+};
+void attention_f32(const AttentionArgs& args);
 
 }  // namespace sdserve::cpu

@@ -34,17 +34,23 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
   if (q.device().type != DeviceType::CPU) no_backend("attention", q.device());
   if (scale <= 0.f) scale = 1.f / std::sqrt(float(d));
   const Tensor qf = as_f32_rows(q), kf = as_f32_rows(k), vf = as_f32_rows(v);
-  Tensor out = Tensor::empty({B, H, Tq, dv}, DType::F32, q.device());
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t h = 0; h < H; ++h) {
-      const float* qp = qf.data<float>() + b * qf.strides()[0] + h * qf.strides()[1];
-      const float* kp = kf.data<float>() + b * kf.strides()[0] + h * kf.strides()[1];
-      const float* vp = vf.data<float>() + b * vf.strides()[0] + h * vf.strides()[1];
-      float* op = out.data<float>() + (b * H + h) * Tq * dv;
-      cpu::attention_f32(qp, kp, vp, Tq, Tk, d, dv, qf.strides()[2], kf.strides()[2], vf.strides()[2], dv, scale,
-                         causal, op);
-    }
-  }
+  // The result is stored [B, Tq, H, dv] and returned as its [B, H, Tq, dv] view, so the usual
+  // next step (back to [B, Tq, H*dv] tokens) is a free view instead of a copy.
+  Tensor store = Tensor::empty({B, Tq, H, dv}, DType::F32, q.device());
+  cpu::AttentionArgs a;
+  a.q = qf.data<float>();
+  a.k = kf.data<float>();
+  a.v = vf.data<float>();
+  a.o = store.data<float>();
+  a.B = B, a.H = H, a.tq = Tq, a.tk = Tk, a.d = d, a.dv = dv;
+  a.q_sb = qf.strides()[0], a.q_sh = qf.strides()[1], a.q_st = qf.strides()[2];
+  a.k_sb = kf.strides()[0], a.k_sh = kf.strides()[1], a.k_st = kf.strides()[2];
+  a.v_sb = vf.strides()[0], a.v_sh = vf.strides()[1], a.v_st = vf.strides()[2];
+  a.o_sb = Tq * H * dv, a.o_sh = dv, a.o_st = H * dv;
+  a.scale = scale;
+  a.causal = causal;
+  cpu::attention_f32(a);
+  const Tensor out = store.permute({0, 2, 1, 3});
   return q.dtype() == DType::F32 ? out : out.to(q.dtype());
 }
 

@@ -1,0 +1,331 @@
+// Batched scaled-dot-product attention on the CPU, f32.
+//
+// Work is split into (batch, head, block of query rows) tasks spread over the OpenMP threads;
+// each task holds one block of score rows (sized to stay in L2), so the full Tq x Tk score
+// matrix never exists. Per (batch, head), K is packed once into 8-key panels ([d][8] each) and
+// V into rows padded to a multiple of 8 columns, both zero-filled past the end. On x86 CPUs
+// with AVX2+FMA (checked at run time, so a portable build still gets them) the two products
+// and the softmax run in register-tiled kernels with a vector exp; elsewhere a plain loop
+// computes the same thing.
+//
+// Softmax is taken over the raw scores: p = exp(scale * (s - max s)), which is the same
+// function as softmax(scale * s) for scale > 0.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "cpu/kernels.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define SD_X86 1
+#endif
+
+namespace sdserve::cpu {
+
+namespace {
+
+constexpr int64_t kPanel = 8;  // keys per K panel / columns per V vector
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Rows of one query block: enough that the block's score rows fit in ~256 KiB.
+int64_t query_block(int64_t tkp) { return std::clamp<int64_t>((int64_t(64) * 1024) / tkp, 4, 64) / 4 * 4; }
+
+struct Packed {
+  int64_t tkp, dvp;      // keys rounded up to panels; value columns rounded up to vectors
+  std::vector<float> k;  // [BH][tkp/8][d][8]
+  std::vector<float> v;  // [BH][tkp][dvp]
+};
+
+void pack(const AttentionArgs& a, Packed& p) {
+  const int64_t BH = a.B * a.H, d = a.d;
+  p.tkp = round_up(a.tk, kPanel);
+  p.dvp = round_up(a.dv, kPanel);
+  p.k.assign(size_t(BH * p.tkp * d), 0.f);
+  p.v.assign(size_t(BH * p.tkp * p.dvp), 0.f);
+#pragma omp parallel for schedule(static)
+  for (int64_t bh = 0; bh < BH; ++bh) {
+    const int64_t b = bh / a.H, h = bh % a.H;
+    const float* k = a.k + b * a.k_sb + h * a.k_sh;
+    const float* v = a.v + b * a.v_sb + h * a.v_sh;
+    float* kp = p.k.data() + bh * p.tkp * d;
+    float* vp = p.v.data() + bh * p.tkp * p.dvp;
+    for (int64_t j = 0; j < a.tk; ++j) {
+      float* panel = kp + (j / kPanel) * d * kPanel + (j % kPanel);
+      const float* kr = k + j * a.k_st;
+      for (int64_t e = 0; e < d; ++e) panel[e * kPanel] = kr[e];
+      std::memcpy(vp + j * p.dvp, v + j * a.v_st, size_t(a.dv) * sizeof(float));
+    }
+  }
+}
+
+// ------------------------------------------------------------------ portable kernels
+
+void qk_block_ref(const float* q, int64_t q_st, int64_t rows, const float* kp, int64_t tkp, int64_t d, float* s) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < tkp; ++j) {
+      const float* panel = kp + (j / kPanel) * d * kPanel + (j % kPanel);
+      float acc = 0.f;
+      for (int64_t e = 0; e < d; ++e) acc += q[i * q_st + e] * panel[e * kPanel];
+      s[i * tkp + j] = acc;
+    }
+}
+
+// Softmax over s[0, len) in place, zeroing s[len, width); returns 1 / sum.
+float softmax_row_ref(float* s, int64_t len, int64_t width, float scale) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < len; ++j) mx = std::max(mx, s[j]);
+  float sum = 0.f;
+  for (int64_t j = 0; j < len; ++j) sum += (s[j] = std::exp((s[j] - mx) * scale));
+  for (int64_t j = len; j < width; ++j) s[j] = 0.f;
+  return 1.f / sum;
+}
+
+void pv_block_ref(const float* p, int64_t tkp, int64_t rows, const float* vp, int64_t dvp, int64_t k0, int64_t k1,
+                  float* o) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t kk = k0; kk < k1; ++kk) {
+      const float pv = p[i * tkp + kk];
+      const float* vr = vp + kk * dvp;
+      for (int64_t c = 0; c < dvp; ++c) o[i * dvp + c] += pv * vr[c];
+    }
+}
+
+// ------------------------------------------------------------------ AVX2 + FMA kernels
+
+#ifdef SD_X86
+#define SD_AVX2 __attribute__((target("avx2,fma")))
+
+SD_AVX2 inline __m256 exp256(__m256 x) {
+  // Cephes expf: x = n ln2 + r, |r| <= ln2/2; e^r by a degree-6 polynomial; 2^n via the exponent.
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3365447f));
+  x = _mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 poly = _mm256_set1_ps(1.9875691500e-4f);
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.3981999507e-3f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(8.3334519073e-3f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(4.1665795894e-2f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.6666665459e-1f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(5.0000001201e-1f));
+  const __m256 y = _mm256_add_ps(_mm256_fmadd_ps(poly, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+SD_AVX2 inline float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
+SD_AVX2 inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// s[MR][NP*8] = q[MR][d] . panels[NP][d][8]
+template <int MR, int NP>
+SD_AVX2 void qk_tile(const float* q, int64_t q_st, const float* kp, int64_t d, float* s, int64_t s_st) {
+  __m256 acc[MR][NP];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NP; ++j) acc[i][j] = _mm256_setzero_ps();
+  for (int64_t e = 0; e < d; ++e) {
+    __m256 kv[NP];
+    for (int j = 0; j < NP; ++j) kv[j] = _mm256_loadu_ps(kp + j * d * kPanel + e * kPanel);
+    for (int i = 0; i < MR; ++i) {
+      const __m256 qb = _mm256_broadcast_ss(q + i * q_st + e);
+      for (int j = 0; j < NP; ++j) acc[i][j] = _mm256_fmadd_ps(qb, kv[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NP; ++j) _mm256_storeu_ps(s + i * s_st + j * kPanel, acc[i][j]);
+}
+
+template <int MR>
+SD_AVX2 void qk_rows(const float* q, int64_t q_st, const float* kp, int64_t npanel, int64_t d, float* s, int64_t s_st) {
+  int64_t j = 0;
+  for (; j + 3 <= npanel; j += 3) qk_tile<MR, 3>(q, q_st, kp + j * d * kPanel, d, s + j * kPanel, s_st);
+  if (npanel - j == 2) qk_tile<MR, 2>(q, q_st, kp + j * d * kPanel, d, s + j * kPanel, s_st);
+  if (npanel - j == 1) qk_tile<MR, 1>(q, q_st, kp + j * d * kPanel, d, s + j * kPanel, s_st);
+}
+
+SD_AVX2 void qk_block_avx2(const float* q, int64_t q_st, int64_t rows, const float* kp, int64_t tkp, int64_t d,
+                           float* s) {
+  // Panel groups outer so a group (3 x d x 8 floats) stays in L1 across all rows of the block.
+  const int64_t npanel = tkp / kPanel;
+  for (int64_t j0 = 0; j0 < npanel; j0 += 48) {
+    const int64_t nj = std::min<int64_t>(48, npanel - j0);
+    const float* kpj = kp + j0 * d * kPanel;
+    float* sj = s + j0 * kPanel;
+    int64_t i = 0;
+    for (; i + 4 <= rows; i += 4) qk_rows<4>(q + i * q_st, q_st, kpj, nj, d, sj + i * tkp, tkp);
+    switch (rows - i) {
+      case 3:
+        qk_rows<3>(q + i * q_st, q_st, kpj, nj, d, sj + i * tkp, tkp);
+        break;
+      case 2:
+        qk_rows<2>(q + i * q_st, q_st, kpj, nj, d, sj + i * tkp, tkp);
+        break;
+      case 1:
+        qk_rows<1>(q + i * q_st, q_st, kpj, nj, d, sj + i * tkp, tkp);
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+SD_AVX2 float softmax_row_avx2(float* s, int64_t len, int64_t width, float scale) {
+  const int64_t nv = len / 8 * 8;
+  __m256 vmx = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t j = 0; j < nv; j += 8) vmx = _mm256_max_ps(vmx, _mm256_loadu_ps(s + j));
+  float mx = hmax(vmx);
+  for (int64_t j = nv; j < len; ++j) mx = std::max(mx, s[j]);
+  const __m256 m = _mm256_set1_ps(mx), sc = _mm256_set1_ps(scale);
+  __m256 vsum = _mm256_setzero_ps();
+  for (int64_t j = 0; j < nv; j += 8) {
+    const __m256 e = exp256(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(s + j), m), sc));
+    _mm256_storeu_ps(s + j, e);
+    vsum = _mm256_add_ps(vsum, e);
+  }
+  float sum = hsum(vsum);
+  if (nv < len) {
+    alignas(32) float tail[8];
+    for (int64_t j = 0; j < 8; ++j) tail[j] = nv + j < len ? (s[nv + j] - mx) * scale : -100.f;
+    _mm256_store_ps(tail, exp256(_mm256_load_ps(tail)));
+    for (int64_t j = nv; j < len; ++j) sum += (s[j] = tail[j - nv]);
+  }
+  for (int64_t j = len; j < width; ++j) s[j] = 0.f;
+  return 1.f / sum;
+}
+
+// o[MR][NV*8] += p[MR][k0:k1] . v[k0:k1][NV*8]
+template <int MR, int NV>
+SD_AVX2 void pv_tile(const float* p, int64_t p_st, const float* v, int64_t v_st, int64_t k0, int64_t k1, float* o,
+                     int64_t o_st) {
+  __m256 acc[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NV; ++j) acc[i][j] = _mm256_loadu_ps(o + i * o_st + j * 8);
+  for (int64_t kk = k0; kk < k1; ++kk) {
+    __m256 vv[NV];
+    for (int j = 0; j < NV; ++j) vv[j] = _mm256_loadu_ps(v + kk * v_st + j * 8);
+    for (int i = 0; i < MR; ++i) {
+      const __m256 pb = _mm256_broadcast_ss(p + i * p_st + kk);
+      for (int j = 0; j < NV; ++j) acc[i][j] = _mm256_fmadd_ps(pb, vv[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NV; ++j) _mm256_storeu_ps(o + i * o_st + j * 8, acc[i][j]);
+}
+
+template <int MR>
+SD_AVX2 void pv_rows(const float* p, int64_t p_st, const float* v, int64_t dvp, int64_t k0, int64_t k1, float* o) {
+  const int64_t nvec = dvp / 8;
+  int64_t c = 0;
+  for (; c + 3 <= nvec; c += 3) pv_tile<MR, 3>(p, p_st, v + c * 8, dvp, k0, k1, o + c * 8, dvp);
+  if (nvec - c == 2) pv_tile<MR, 2>(p, p_st, v + c * 8, dvp, k0, k1, o + c * 8, dvp);
+  if (nvec - c == 1) pv_tile<MR, 1>(p, p_st, v + c * 8, dvp, k0, k1, o + c * 8, dvp);
+}
+
+SD_AVX2 void pv_block_avx2(const float* p, int64_t tkp, int64_t rows, const float* vp, int64_t dvp, int64_t k0,
+                           int64_t k1, float* o) {
+  int64_t i = 0;
+  for (; i + 4 <= rows; i += 4) pv_rows<4>(p + i * tkp, tkp, vp, dvp, k0, k1, o + i * dvp);
+  switch (rows - i) {
+    case 3:
+      pv_rows<3>(p + i * tkp, tkp, vp, dvp, k0, k1, o + i * dvp);
+      break;
+    case 2:
+      pv_rows<2>(p + i * tkp, tkp, vp, dvp, k0, k1, o + i * dvp);
+      break;
+    case 1:
+      pv_rows<1>(p + i * tkp, tkp, vp, dvp, k0, k1, o + i * dvp);
+      break;
+    default:
+      break;
+  }
+}
+
+bool have_avx2() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+#else
+bool have_avx2() { return false; }
+#endif
+
+}  // namespace
+
+void attention_f32(const AttentionArgs& a) {
+  if (a.B == 0 || a.H == 0 || a.tq == 0 || a.dv == 0) return;
+  if (a.tk == 0) {
+    // No keys: every output row is the (empty) weighted sum, i.e. zero.
+    for (int64_t b = 0; b < a.B; ++b)
+      for (int64_t h = 0; h < a.H; ++h)
+        for (int64_t i = 0; i < a.tq; ++i)
+          std::memset(a.o + b * a.o_sb + h * a.o_sh + i * a.o_st, 0, size_t(a.dv) * sizeof(float));
+    return;
+  }
+  Packed pk;
+  pack(a, pk);
+  const int64_t tkp = pk.tkp, dvp = pk.dvp, d = a.d, BH = a.B * a.H;
+  const int64_t bq = query_block(tkp), nblocks = (a.tq + bq - 1) / bq;
+  const bool avx2 = have_avx2();
+  constexpr int64_t kKeyBlock = 512;  // keys per V slab in the PV product (kept in L2)
+#pragma omp parallel
+  {
+    std::vector<float> s(size_t(bq * tkp)), o(size_t(bq * dvp));
+    std::vector<float> inv(static_cast<size_t>(bq));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < BH * nblocks; ++task) {
+      const int64_t bh = task / nblocks, q0 = (task % nblocks) * bq, rows = std::min(bq, a.tq - q0);
+      const int64_t b = bh / a.H, h = bh % a.H;
+      const float* q = a.q + b * a.q_sb + h * a.q_sh + q0 * a.q_st;
+      const float* kp = pk.k.data() + bh * tkp * d;
+      const float* vp = pk.v.data() + bh * tkp * dvp;
+#ifdef SD_X86
+      if (avx2)
+        qk_block_avx2(q, a.q_st, rows, kp, tkp, d, s.data());
+      else
+#endif
+        qk_block_ref(q, a.q_st, rows, kp, tkp, d, s.data());
+      int64_t kmax = 0;  // keys any row of this block attends to
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t len = a.causal ? std::min(a.tk, q0 + i + 1) : a.tk;
+        kmax = std::max(kmax, len);
+#ifdef SD_X86
+        if (avx2)
+          inv[size_t(i)] = softmax_row_avx2(s.data() + i * tkp, len, tkp, a.scale);
+        else
+#endif
+          inv[size_t(i)] = softmax_row_ref(s.data() + i * tkp, len, tkp, a.scale);
+      }
+      std::fill(o.begin(), o.end(), 0.f);
+      for (int64_t k0 = 0; k0 < kmax; k0 += kKeyBlock) {
+        const int64_t k1 = std::min(kmax, k0 + kKeyBlock);
+#ifdef SD_X86
+        if (avx2)
+          pv_block_avx2(s.data(), tkp, rows, vp, dvp, k0, k1, o.data());
+        else
+#endif
+          pv_block_ref(s.data(), tkp, rows, vp, dvp, k0, k1, o.data());
+      }
+      float* out = a.o + b * a.o_sb + h * a.o_sh + q0 * a.o_st;
+      for (int64_t i = 0; i < rows; ++i) {
+        const float w = inv[size_t(i)];
+        for (int64_t c = 0; c < a.dv; ++c) out[i * a.o_st + c] = o[size_t(i * dvp + c)] * w;
+      }
+    }
+  }
+}
+
+}  // namespace sdserve::cpu
