@@ -24,10 +24,11 @@ GemmBackend default_backend() {
     if (s == "openblas" && gemm_backend_available(GemmBackend::OpenBLAS)) return GemmBackend::OpenBLAS;
     if (s == "reference") return GemmBackend::Reference;
   }
-  // OpenBLAS is the default GEMM where both exist (faster on the text encoder's small-M
-  // shapes, even on the UNet's): docs/PERFORMANCE.md. Convolutions use oneDNN regardless.
-  if (gemm_backend_available(GemmBackend::OpenBLAS)) return GemmBackend::OpenBLAS;
+  // oneDNN is the default GEMM where it exists: it threads with the same OpenMP pool as every
+  // other op, while OpenBLAS's own pthreads pool fights the spinning OpenMP workers for the
+  // cores (the UNet step ran 18% slower with it): docs/PERFORMANCE.md.
   if (gemm_backend_available(GemmBackend::OneDNN)) return GemmBackend::OneDNN;
+  if (gemm_backend_available(GemmBackend::OpenBLAS)) return GemmBackend::OpenBLAS;
   return GemmBackend::Reference;
 }
 
