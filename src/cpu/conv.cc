@@ -80,7 +80,10 @@ void conv2d_onednn(const Conv2dParams& p, const float* x, const float* wt, const
 void conv2d_f32(const Conv2dParams& p, const float* x, const float* wt, const float* bias, float* y) {
 #ifdef SDSERVE_WITH_ONEDNN
   try {
-    conv2d_onednn(p, x, wt, bias, y);
+    if (winograd_applicable(p))
+      conv2d_winograd_f32(p, x, wt, bias, y);
+    else
+      conv2d_onednn(p, x, wt, bias, y);
   } catch (const dnnl::error& e) {
     throw InternalError(std::string("oneDNN convolution failed: ") + e.what() + " (status " +
                         std::to_string(int(e.status)) + ")");

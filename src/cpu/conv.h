@@ -14,6 +14,16 @@ struct Conv2dParams {
 
 // NCHW f32 convolution (groups = 1), weights OIHW, optional bias [o].
 // oneDNN when compiled in, else im2col + sgemm.
+// Stride-1 3x3 layers with enough tiles and channels go through Winograd F(4x4, 3x3)
+// (src/cpu/winograd.cc) when oneDNN is compiled in.
 void conv2d_f32(const Conv2dParams& p, const float* x, const float* wt, const float* bias, float* y);
+
+// Winograd F(4x4, 3x3): Auto picks it where it pays; Off never (also SDSERVE_WINOGRAD=0);
+// Always for every 3x3 stride-1 layer (tests).
+enum class WinogradMode { Auto, Off, Always };
+void set_winograd_mode(WinogradMode m);
+WinogradMode winograd_mode();
+bool winograd_applicable(const Conv2dParams& p);
+void conv2d_winograd_f32(const Conv2dParams& p, const float* x, const float* wt, const float* bias, float* y);
 
 }  // namespace sdserve::cpu
