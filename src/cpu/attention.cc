@@ -17,11 +17,7 @@
 #include <vector>
 
 #include "cpu/kernels.h"
-
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define SD_X86 1
-#endif
+#include "cpu/simd.h"
 
 namespace sdserve::cpu {
 
@@ -97,40 +93,8 @@ void pv_block_ref(const float* p, int64_t tkp, int64_t rows, const float* vp, in
 // ------------------------------------------------------------------ AVX2 + FMA kernels
 
 #ifdef SD_X86
-#define SD_AVX2 __attribute__((target("avx2,fma")))
-
-SD_AVX2 inline __m256 exp256(__m256 x) {
-  // Cephes expf: x = n ln2 + r, |r| <= ln2/2; e^r by a degree-6 polynomial; 2^n via the exponent.
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3365447f));
-  x = _mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 poly = _mm256_set1_ps(1.9875691500e-4f);
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.3981999507e-3f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(8.3334519073e-3f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(4.1665795894e-2f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.6666665459e-1f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(5.0000001201e-1f));
-  const __m256 y = _mm256_add_ps(_mm256_fmadd_ps(poly, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.f));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-}
-
-SD_AVX2 inline float hmax(__m256 v) {
-  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-  m = _mm_max_ss(m, _mm_movehdup_ps(m));
-  return _mm_cvtss_f32(m);
-}
-
-SD_AVX2 inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
+using simd::hmax;
+using simd::hsum;
 
 // s[MR][NP*8] = q[MR][d] . panels[NP][d][8]
 template <int MR, int NP>
@@ -193,7 +157,7 @@ SD_AVX2 float softmax_row_avx2(float* s, int64_t len, int64_t width, float scale
   const __m256 m = _mm256_set1_ps(mx), sc = _mm256_set1_ps(scale);
   __m256 vsum = _mm256_setzero_ps();
   for (int64_t j = 0; j < nv; j += 8) {
-    const __m256 e = exp256(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(s + j), m), sc));
+    const __m256 e = simd::exp(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(s + j), m), sc));
     _mm256_storeu_ps(s + j, e);
     vsum = _mm256_add_ps(vsum, e);
   }
@@ -201,7 +165,7 @@ SD_AVX2 float softmax_row_avx2(float* s, int64_t len, int64_t width, float scale
   if (nv < len) {
     alignas(32) float tail[8];
     for (int64_t j = 0; j < 8; ++j) tail[j] = nv + j < len ? (s[nv + j] - mx) * scale : -100.f;
-    _mm256_store_ps(tail, exp256(_mm256_load_ps(tail)));
+    _mm256_store_ps(tail, simd::exp(_mm256_load_ps(tail)));
     for (int64_t j = nv; j < len; ++j) sum += (s[j] = tail[j - nv]);
   }
   for (int64_t j = len; j < width; ++j) s[j] = 0.f;
@@ -255,12 +219,6 @@ SD_AVX2 void pv_block_avx2(const float* p, int64_t tkp, int64_t rows, const floa
   }
 }
 
-bool have_avx2() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-}
-#else
-bool have_avx2() { return false; }
 #endif
 
 }  // namespace
@@ -279,7 +237,7 @@ void attention_f32(const AttentionArgs& a) {
   pack(a, pk);
   const int64_t tkp = pk.tkp, dvp = pk.dvp, d = a.d, BH = a.B * a.H;
   const int64_t bq = query_block(tkp), nblocks = (a.tq + bq - 1) / bq;
-  const bool avx2 = have_avx2();
+  const bool avx2 = have_avx2_fma();
   constexpr int64_t kKeyBlock = 512;  // keys per V slab in the PV product (kept in L2)
 #pragma omp parallel
   {

@@ -4,9 +4,11 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/gemm.h"
+#include "cpu/simd.h"
 
 namespace sdserve::cpu {
 
@@ -80,10 +82,55 @@ inline float act(float v, ActKind k) {
 }
 }  // namespace
 
+#ifdef SD_X86
+SD_AVX2 void activation_avx2(const float* x, int64_t n, ActKind kind, float* out) {
+  const int64_t nv = n / 8 * 8;
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < nv; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    _mm256_storeu_ps(out + i, kind == ActKind::GELU ? simd::gelu(v) : simd::silu(v));
+  }
+  for (int64_t i = nv; i < n; ++i) out[i] = act(x[i], kind);
+}
+
+// out[r, i] = x[r, i] * gelu(x[r, inner + i])
+SD_AVX2 void geglu_avx2(const float* x, int64_t rows, int64_t inner, float* out) {
+#pragma omp parallel for schedule(static) if (rows * inner > 65536)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* h = x + r * 2 * inner;
+    const float* g = h + inner;
+    float* o = out + r * inner;
+    int64_t i = 0;
+    for (; i + 8 <= inner; i += 8)
+      _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_loadu_ps(h + i), simd::gelu(_mm256_loadu_ps(g + i))));
+    for (; i < inner; ++i) o[i] = h[i] * act(g[i], ActKind::GELU);
+  }
+}
+#endif
+
 template <typename T>
 void activation(const T* x, int64_t n, ActKind kind, T* out) {
+#ifdef SD_X86
+  if constexpr (std::is_same_v<T, float>) {
+    if ((kind == ActKind::GELU || kind == ActKind::SiLU) && have_avx2_fma()) return activation_avx2(x, n, kind, out);
+  }
+#endif
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; ++i) out[i] = from_float<T>(act(to_float(x[i]), kind));
+}
+
+template <typename T>
+void geglu(const T* x, int64_t rows, int64_t inner, T* out) {
+#ifdef SD_X86
+  if constexpr (std::is_same_v<T, float>) {
+    if (have_avx2_fma()) return geglu_avx2(x, rows, inner, out);
+  }
+#endif
+#pragma omp parallel for schedule(static) if (rows * inner > 65536)
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < inner; ++i)
+      out[r * inner + i] =
+          from_float<T>(to_float(x[r * 2 * inner + i]) * act(to_float(x[r * 2 * inner + inner + i]), ActKind::GELU));
 }
 
 template <typename T>
@@ -103,10 +150,77 @@ void add_per_plane(const T* x, const T* b, int64_t planes, int64_t hw, T* out) {
   }
 }
 
+#ifdef SD_X86
+// One (sample, group): mean and variance (float lanes summed per 8 KiB block, blocks summed in
+// double), then y = x * scale + shift per channel, optional SiLU.
+SD_AVX2 void group_norm_one_avx2(const float* xs, const float* gamma, const float* beta, int64_t cg, int64_t hw,
+                                 float eps, bool silu, float* ys) {
+  const int64_t len = cg * hw;
+  constexpr int64_t kBlock = 2048;
+  double sum = 0;
+  for (int64_t b0 = 0; b0 < len; b0 += kBlock) {
+    const int64_t b1 = std::min(len, b0 + kBlock);
+    __m256 acc = _mm256_setzero_ps();
+    int64_t i = b0;
+    for (; i + 8 <= b1; i += 8) acc = _mm256_add_ps(acc, _mm256_loadu_ps(xs + i));
+    float part = simd::hsum(acc);
+    for (; i < b1; ++i) part += xs[i];
+    sum += part;
+  }
+  const double mean = sum / double(len);
+  const __m256 vm = _mm256_set1_ps(float(mean));
+  double var = 0;
+  for (int64_t b0 = 0; b0 < len; b0 += kBlock) {
+    const int64_t b1 = std::min(len, b0 + kBlock);
+    __m256 acc = _mm256_setzero_ps();
+    int64_t i = b0;
+    for (; i + 8 <= b1; i += 8) {
+      const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(xs + i), vm);
+      acc = _mm256_fmadd_ps(d, d, acc);
+    }
+    float part = simd::hsum(acc);
+    for (; i < b1; ++i) part += (xs[i] - float(mean)) * (xs[i] - float(mean));
+    var += part;
+  }
+  var /= double(len);
+  const float inv = float(1.0 / std::sqrt(var + double(eps)));
+  for (int64_t ch = 0; ch < cg; ++ch) {
+    const float ga = gamma ? gamma[ch] : 1.f, be = beta ? beta[ch] : 0.f;
+    const float scale = inv * ga, shift = be - float(mean) * inv * ga;
+    const __m256 vs = _mm256_set1_ps(scale), vb = _mm256_set1_ps(shift);
+    const float* xc = xs + ch * hw;
+    float* yc = ys + ch * hw;
+    int64_t i = 0;
+    for (; i + 8 <= hw; i += 8) {
+      __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(xc + i), vs, vb);
+      if (silu) v = simd::silu(v);
+      _mm256_storeu_ps(yc + i, v);
+    }
+    for (; i < hw; ++i) {
+      float v = xc[i] * scale + shift;
+      if (silu) v = v / (1.f + std::exp(-v));
+      yc[i] = v;
+    }
+  }
+}
+#endif
+
 template <typename T>
 void group_norm(const T* x, const T* gamma, const T* beta, int64_t n, int64_t c, int64_t hw, int64_t groups, float eps,
                 bool silu, T* out) {
   const int64_t cg = c / groups, len = cg * hw;
+#ifdef SD_X86
+  if constexpr (std::is_same_v<T, float>) {
+    if (have_avx2_fma()) {
+#pragma omp parallel for schedule(static) collapse(2)
+      for (int64_t b = 0; b < n; ++b)
+        for (int64_t g = 0; g < groups; ++g)
+          group_norm_one_avx2(x + (b * c + g * cg) * hw, gamma ? gamma + g * cg : nullptr,
+                              beta ? beta + g * cg : nullptr, cg, hw, eps, silu, out + (b * c + g * cg) * hw);
+      return;
+    }
+  }
+#endif
 #pragma omp parallel for schedule(static) collapse(2)
   for (int64_t b = 0; b < n; ++b)
     for (int64_t g = 0; g < groups; ++g) {
@@ -166,6 +280,7 @@ void linear_f32(const float* x, int64_t rows, int64_t in, const float* w, int64_
   template void layer_norm<T>(const T*, const T*, const T*, int64_t, int64_t, float, T*);                         \
   template void softmax_rows<T>(const T*, int64_t, int64_t, T*);                                                  \
   template void activation<T>(const T*, int64_t, ActKind, T*);                                                    \
+  template void geglu<T>(const T*, int64_t, int64_t, T*);                                                         \
   template void add_broadcast<T>(const T*, int64_t, const T*, int64_t, T*);                                       \
   template void group_norm<T>(const T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t, float, bool, T*); \
   template void add_per_plane<T>(const T*, const T*, int64_t, int64_t, T*);                                       \

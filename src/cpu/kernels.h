@@ -21,6 +21,10 @@ enum class ActKind { GELU, GELUTanh, QuickGELU, SiLU };
 template <typename T>
 void activation(const T* x, int64_t n, ActKind kind, T* out);
 
+// GEGLU over rows of 2 * inner values: out[r, i] = x[r, i] * gelu(x[r, inner + i]).
+template <typename T>
+void geglu(const T* x, int64_t rows, int64_t inner, T* out);
+
 // out[i] = a[i] + b[i % nb]  (b broadcast over the leading dimensions of a)
 template <typename T>
 void add_broadcast(const T* a, int64_t na, const T* b, int64_t nb, T* out);

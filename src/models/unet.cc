@@ -15,20 +15,6 @@ namespace {
 constexpr float kTransformerGroupNormEps = 1e-6f;  // diffusers Transformer2DModel
 constexpr float kLayerNormEps = 1e-5f;
 
-// GEGLU: split the projection in half, hidden * gelu(gate).
-Tensor geglu(const Tensor& proj) {
-  const int64_t inner = proj.size(-1) / 2;
-  const Tensor hidden = proj.narrow(-1, 0, inner).contiguous();
-  const Tensor gate = ops::activation(proj.narrow(-1, inner, inner).contiguous(), ops::Activation::GELU);
-  Tensor out = Tensor::empty(hidden.shape(), DType::F32);
-  const float* h = hidden.data<float>();
-  const float* g = gate.data<float>();
-  float* o = out.data<float>();
-  const int64_t n = out.numel();
-#pragma omp parallel for schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) o[i] = h[i] * g[i];
-  return out;
-}
 }  // namespace
 
 UNet::Transformer2D UNet::load_transformer(const WeightSource& src, const std::string& p, int64_t ch, int64_t heads,
@@ -153,7 +139,7 @@ Tensor UNet::run_transformer(const Transformer2D& t, const Tensor& x, const Tens
   for (const TransformerBlock& b : t.blocks) {
     y = ops::add(y, b.attn1(ops::layer_norm(y, b.norm1.w, b.norm1.b, kLayerNormEps), Tensor()));
     y = ops::add(y, b.attn2(ops::layer_norm(y, b.norm2.w, b.norm2.b, kLayerNormEps), context));
-    y = ops::add(y, b.ff_out(geglu(b.ff_in(ops::layer_norm(y, b.norm3.w, b.norm3.b, kLayerNormEps)))));
+    y = ops::add(y, b.ff_out(ops::geglu(b.ff_in(ops::layer_norm(y, b.norm3.w, b.norm3.b, kLayerNormEps)))));
   }
   if (cfg_.use_linear_projection) {
     y = layers::tokens_to_nchw(t.proj_out_linear(y), h, w);

@@ -39,4 +39,20 @@ Tensor activation(const Tensor& x, Activation kind) {
   return out;
 }
 
+Tensor geglu(const Tensor& x) {
+  SD_PROFILE_SCOPE("geglu");
+  SD_CHECK_ARG(x.dim() >= 1 && x.size(-1) % 2 == 0,
+               "geglu: last dimension must be even (hidden and gate halves), got " + shape_str(x.shape()));
+  if (x.device().type != DeviceType::CPU) no_backend("geglu", x.device());
+  const Tensor xc = x.contiguous();
+  Shape shape = x.shape();
+  const int64_t inner = shape.back() / 2;
+  shape.back() = inner;
+  Tensor out = Tensor::empty(shape, x.dtype(), x.device());
+  const int64_t rows = inner == 0 ? 0 : xc.numel() / (2 * inner);
+  SD_DISPATCH_FLOAT(x.dtype(), "geglu",
+                    [&] { cpu::geglu<scalar_t>(xc.data<scalar_t>(), rows, inner, out.data<scalar_t>()); });
+  return out;
+}
+
 }  // namespace sdserve::ops

@@ -17,4 +17,7 @@ Activation activation_from_name(std::string_view name);
 const char* activation_name(Activation a);
 Tensor activation(const Tensor& x, Activation kind);
 
+// GEGLU (diffusers): the last dimension splits into [hidden, gate]; hidden * gelu(gate), exact GELU.
+Tensor geglu(const Tensor& x);
+
 }  // namespace sdserve::ops
