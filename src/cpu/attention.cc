@@ -100,17 +100,24 @@ using simd::hsum;
 template <int MR, int NP>
 SD_AVX2 void qk_tile(const float* q, int64_t q_st, const float* kp, int64_t d, float* s, int64_t s_st) {
   __m256 acc[MR][NP];
+#pragma GCC unroll 4
   for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
     for (int j = 0; j < NP; ++j) acc[i][j] = _mm256_setzero_ps();
   for (int64_t e = 0; e < d; ++e) {
     __m256 kv[NP];
+#pragma GCC unroll 4
     for (int j = 0; j < NP; ++j) kv[j] = _mm256_loadu_ps(kp + j * d * kPanel + e * kPanel);
+#pragma GCC unroll 4
     for (int i = 0; i < MR; ++i) {
       const __m256 qb = _mm256_broadcast_ss(q + i * q_st + e);
+#pragma GCC unroll 4
       for (int j = 0; j < NP; ++j) acc[i][j] = _mm256_fmadd_ps(qb, kv[j], acc[i][j]);
     }
   }
+#pragma GCC unroll 4
   for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
     for (int j = 0; j < NP; ++j) _mm256_storeu_ps(s + i * s_st + j * kPanel, acc[i][j]);
 }
 
@@ -124,10 +131,10 @@ SD_AVX2 void qk_rows(const float* q, int64_t q_st, const float* kp, int64_t npan
 
 SD_AVX2 void qk_block_avx2(const float* q, int64_t q_st, int64_t rows, const float* kp, int64_t tkp, int64_t d,
                            float* s) {
-  // Panel groups outer so a group (3 x d x 8 floats) stays in L1 across all rows of the block.
+  // One tile of 3 panels (3 x d x 8 floats) at a time across all rows of the block, so it stays in L1.
   const int64_t npanel = tkp / kPanel;
-  for (int64_t j0 = 0; j0 < npanel; j0 += 48) {
-    const int64_t nj = std::min<int64_t>(48, npanel - j0);
+  for (int64_t j0 = 0; j0 < npanel; j0 += 3) {
+    const int64_t nj = std::min<int64_t>(3, npanel - j0);
     const float* kpj = kp + j0 * d * kPanel;
     float* sj = s + j0 * kPanel;
     int64_t i = 0;
@@ -177,17 +184,24 @@ template <int MR, int NV>
 SD_AVX2 void pv_tile(const float* p, int64_t p_st, const float* v, int64_t v_st, int64_t k0, int64_t k1, float* o,
                      int64_t o_st) {
   __m256 acc[MR][NV];
+#pragma GCC unroll 4
   for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) acc[i][j] = _mm256_loadu_ps(o + i * o_st + j * 8);
   for (int64_t kk = k0; kk < k1; ++kk) {
     __m256 vv[NV];
+#pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) vv[j] = _mm256_loadu_ps(v + kk * v_st + j * 8);
+#pragma GCC unroll 4
     for (int i = 0; i < MR; ++i) {
       const __m256 pb = _mm256_broadcast_ss(p + i * p_st + kk);
+#pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) acc[i][j] = _mm256_fmadd_ps(pb, vv[j], acc[i][j]);
     }
   }
+#pragma GCC unroll 4
   for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) _mm256_storeu_ps(o + i * o_st + j * 8, acc[i][j]);
 }
 
