@@ -234,6 +234,8 @@ int main(int argc, char** argv) {
   generate->add_option("--clip-skip", gen.req.clip_skip, "1 = last layer (default), 2 = penultimate");
   generate->add_option("--guidance-rescale", gen.req.guidance_rescale, "0..1 (default 0)");
   generate->add_option("--eta", gen.req.eta, "DDIM eta (default 0)");
+  generate->add_flag("--vae-tiling", gen.req.vae_tiling,
+                     "decode in overlapping tiles (diffusers enable_tiling): bounded memory for large images");
   generate->add_option("--output", gen.output, "FILE.png; batches: '{n}' in the name or FILE-N.png")->required();
 
   auto* serve = app.add_subcommand("serve", "Run the HTTP service (not implemented yet)");

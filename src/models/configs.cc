@@ -296,6 +296,11 @@ VAEConfig vae_from_json(const json& j) {
   if (!(c.scaling_factor > 0) || !std::isfinite(c.scaling_factor))
     throw ModelFormatError("config: 'scaling_factor' must be a positive number");
   c.shift_factor = get_float(j, "shift_factor", 0.f);
+  if (j.contains("sample_size") && j["sample_size"].is_array() && !j["sample_size"].empty())
+    c.sample_size = j["sample_size"][0].is_number_integer() ? j["sample_size"][0].get<int64_t>() : 0;
+  else
+    c.sample_size = get_int(j, "sample_size", 512);
+  check_positive(c.sample_size, "sample_size");
   c.use_quant_conv = get_bool(j, "use_quant_conv", true);
   c.use_post_quant_conv = get_bool(j, "use_post_quant_conv", true);
   c.mid_block_attention = get_bool(j, "mid_block_add_attention", true);

@@ -45,6 +45,9 @@ struct VAEConfig {
   bool use_quant_conv = true;
   bool use_post_quant_conv = true;
   bool mid_block_attention = true;
+  // Image size the VAE was trained at; tiled decode/encode (diffusers enable_tiling) works in
+  // tiles of this many pixels (sample_size / 2^(blocks-1) latents), overlapping by 1/4.
+  int64_t sample_size = 512;
 
   static VAEConfig from_json(const nlohmann::json& j);
   std::string summary() const;

@@ -1,5 +1,9 @@
 #include "models/vae.h"
 
+#include <algorithm>
+#include <cstring>
+#include <functional>
+
 #include "ops/add.h"
 #include "ops/group_norm.h"
 #include "ops/upsample.h"
@@ -113,6 +117,97 @@ Tensor VAE::encode_moments(const Tensor& x_in) const {
   h = run_mid(enc_mid_, h);
   h = enc_out(ops::group_norm(h, cfg_.norm_num_groups, enc_norm.w, enc_norm.b, kEps, /*silu=*/true));
   return quant.w.defined() ? quant(h) : h;
+}
+
+namespace {
+
+// diffusers' tiled_decode/_tiled_encode: tiles of `tile_in` input pixels start every
+// tile_in * 3/4; each output tile is blended with the (already blended) tile above and the
+// one to its left over `tile_out / 4` rows/columns, then cropped to tile_out * 3/4 and the
+// crops are concatenated. The in-place order matters and is kept.
+Tensor tiled_apply(const Tensor& x, int64_t tile_in, int64_t tile_out, const std::function<Tensor(const Tensor&)>& fn) {
+  const int64_t H = x.size(2), W = x.size(3);
+  const int64_t step = tile_in * 3 / 4, blend = tile_out / 4, limit = tile_out - blend;
+  SD_CHECK_ARG(step >= 1 && limit >= 1, "VAE tiling: tile size " + std::to_string(tile_in) + " is too small");
+  std::vector<std::vector<Tensor>> rows;
+  for (int64_t i = 0; i < H; i += step) {
+    std::vector<Tensor> row;
+    for (int64_t j = 0; j < W; j += step) {
+      const Tensor tile = x.narrow(2, i, std::min(tile_in, H - i)).narrow(3, j, std::min(tile_in, W - j)).contiguous();
+      row.push_back(fn(tile).to(DType::F32).contiguous());
+    }
+    rows.push_back(std::move(row));
+  }
+  const int64_t N = rows[0][0].size(0), C = rows[0][0].size(1);
+  auto at = [](Tensor& t, int64_t n, int64_t c, int64_t y, int64_t xx) -> float& {
+    return t.data<float>()[((n * t.size(1) + c) * t.size(2) + y) * t.size(3) + xx];
+  };
+  for (size_t i = 0; i < rows.size(); ++i)
+    for (size_t j = 0; j < rows[i].size(); ++j) {
+      Tensor& b = rows[i][j];
+      if (i > 0) {
+        Tensor& a = rows[i - 1][j];
+        const int64_t be = std::min({a.size(2), b.size(2), blend});
+        for (int64_t y = 0; y < be; ++y) {
+          const float wb = float(double(y) / double(be)), wa = float(1.0 - double(y) / double(be));
+          for (int64_t n = 0; n < N; ++n)
+            for (int64_t c = 0; c < C; ++c)
+              for (int64_t xx = 0; xx < b.size(3); ++xx)
+                at(b, n, c, y, xx) = at(a, n, c, a.size(2) - be + y, xx) * wa + at(b, n, c, y, xx) * wb;
+        }
+      }
+      if (j > 0) {
+        Tensor& a = rows[i][j - 1];
+        const int64_t be = std::min({a.size(3), b.size(3), blend});
+        for (int64_t xx = 0; xx < be; ++xx) {
+          const float wb = float(double(xx) / double(be)), wa = float(1.0 - double(xx) / double(be));
+          for (int64_t n = 0; n < N; ++n)
+            for (int64_t c = 0; c < C; ++c)
+              for (int64_t y = 0; y < b.size(2); ++y)
+                at(b, n, c, y, xx) = at(a, n, c, y, a.size(3) - be + xx) * wa + at(b, n, c, y, xx) * wb;
+        }
+      }
+    }
+  int64_t OH = 0, OW = 0;
+  for (const auto& row : rows) OH += std::min(limit, row[0].size(2));
+  for (const Tensor& t : rows[0]) OW += std::min(limit, t.size(3));
+  Tensor out = Tensor::empty({N, C, OH, OW}, DType::F32);
+  float* o = out.data<float>();
+  int64_t y0 = 0;
+  for (auto& row : rows) {
+    const int64_t h = std::min(limit, row[0].size(2));
+    int64_t x0 = 0;
+    for (Tensor& t : row) {
+      const int64_t w = std::min(limit, t.size(3));
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t c = 0; c < C; ++c)
+          for (int64_t y = 0; y < h; ++y)
+            std::memcpy(o + ((n * C + c) * OH + y0 + y) * OW + x0, &at(t, n, c, y, 0), size_t(w) * sizeof(float));
+      x0 += w;
+    }
+    y0 += h;
+  }
+  return out;
+}
+
+}  // namespace
+
+int64_t VAE::tile_latent_size() const { return cfg_.sample_size >> (int64_t(cfg_.block_out_channels.size()) - 1); }
+
+Tensor VAE::decode_tiled(const Tensor& z) const {
+  SD_CHECK_ARG(z.dim() == 4, "VAE decode: latents must be 4-D, got " + shape_str(z.shape()));
+  const int64_t tl = tile_latent_size();
+  if (z.size(2) <= tl && z.size(3) <= tl) return decode(z);
+  const Tensor out = tiled_apply(z, tl, cfg_.sample_size, [this](const Tensor& t) { return decode(t); });
+  return out.to(dec_in.w.dtype());
+}
+
+Tensor VAE::encode_moments_tiled(const Tensor& x) const {
+  SD_CHECK_ARG(x.dim() == 4, "VAE encode: images must be 4-D, got " + shape_str(x.shape()));
+  if (x.size(2) <= cfg_.sample_size && x.size(3) <= cfg_.sample_size) return encode_moments(x);
+  const Tensor out =
+      tiled_apply(x, cfg_.sample_size, tile_latent_size(), [this](const Tensor& t) { return encode_moments(t); });
+  return out.to(enc_in.w.dtype());
 }
 
 }  // namespace sdserve

@@ -15,6 +15,15 @@ class VAE {
   Tensor decode(const Tensor& z) const;  // [N, latent, h, w] -> [N, 3, 8h, 8w] in about [-1, 1]
   // [N, 3, H, W] in [-1, 1] -> moments [N, 2*latent, H/8, W/8] (mean, then logvar).
   Tensor encode_moments(const Tensor& x) const;
+
+  // Tiled variants, as diffusers' AutoencoderKL with enable_tiling(): inputs larger than one
+  // tile (config sample_size pixels, sample_size / 2^(blocks-1) latents) are cut into tiles
+  // overlapping by 1/4, each decoded/encoded alone, and blended linearly across the overlaps.
+  // Memory then stays that of one tile whatever the image size; the result differs slightly
+  // from the untiled one. Inputs that fit in one tile take the untiled path.
+  Tensor decode_tiled(const Tensor& z) const;
+  Tensor encode_moments_tiled(const Tensor& x) const;
+  int64_t tile_latent_size() const;
   bool has_encoder() const { return !enc_down_.empty(); }
   const VAEConfig& config() const { return cfg_; }
 

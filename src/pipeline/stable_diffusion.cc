@@ -209,7 +209,7 @@ std::vector<GeneratedImage> StableDiffusion::txt2img(const GenerateRequest& req,
     float* p = z.data<float>();
     for (int64_t i = 0; i < z.numel(); ++i) p[i] = p[i] / vc.scaling_factor + vc.shift_factor;
   }
-  const Tensor images = vae_->decode(z).to(DType::F32);
+  const Tensor images = (req.vae_tiling ? vae_->decode_tiled(z) : vae_->decode(z)).to(DType::F32);
   std::vector<GeneratedImage> out;
   for (int64_t b = 0; b < n; ++b) {
     GeneratedImage im;

@@ -49,6 +49,9 @@ struct GenerateRequest {
   int clip_skip = 1;  // A1111 semantics: 1 = last layer
   float eta = 0.f;
   float guidance_rescale = 0.f;
+  // Decode in overlapping tiles (diffusers enable_tiling): VAE memory stays that of one tile, so
+  // large images fit; the image differs slightly from an untiled decode. Off by default.
+  bool vae_tiling = false;
 };
 
 struct GeneratedImage {

@@ -68,3 +68,19 @@ def test_generate_missing_model(run, tmp_path):
     line = one_error_line(run(*generate_args("no-such-model", out, meta)))
     assert "no-such-model" in line, line
     assert not out.exists()
+
+
+def test_generate_vae_tiling(run, tmp_path):
+    """--vae-tiling decodes in overlapping tiles (diffusers enable_tiling; the VAE-level parity is
+    in test_unet_vae.cc): same image size, slightly different pixels than the untiled decode."""
+    _, meta = read_safetensors(GOLDEN / "sd1-tiny.safetensors")
+    size = {"--width": "128", "--height": "96", "--steps": "2"}  # latents 16x12 > the tiny VAE's 8-latent tile
+    plain, tiled = tmp_path / "plain.png", tmp_path / "tiled.png"
+    p = run(*generate_args("sd1-tiny", plain, meta, **size))
+    assert p.returncode == 0, p.stderr
+    p = run(*(generate_args("sd1-tiny", tiled, meta, **size) + ["--vae-tiling"]))
+    assert p.returncode == 0, p.stderr
+    w0, h0, _, a, _ = decode_png(plain)
+    w1, h1, _, b, _ = decode_png(tiled)
+    assert (w0, h0) == (w1, h1)
+    assert a != b, "--vae-tiling had no effect"
