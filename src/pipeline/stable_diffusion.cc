@@ -1,5 +1,8 @@
 #include "pipeline/stable_diffusion.h"
 
+#include <cctype>
+#include <fstream>
+
 #include <cmath>
 #include <limits>
 #include <random>
@@ -77,10 +80,18 @@ std::unique_ptr<StableDiffusion> StableDiffusion::load(const std::string& path, 
     // Single files carry no scheduler config: SD1.5 / SD2 defaults (epsilon; v-prediction
     // models need a config, as in diffusers).
   }
+  if (info.layout != ModelLayout::Diffusers) {
+    if (auto pt = sidecar_prediction_type(info.path)) sd->schedule_.prediction_type = *pt;
+  }
   if (opt.scheduler_config_path) {
     const std::filesystem::path sp(*opt.scheduler_config_path);
     if (!std::filesystem::is_regular_file(sp)) throw NotFoundError("scheduler config not found: " + sp.string());
     sd->schedule_ = ScheduleConfig::from_json(read_json_file(sp));
+  }
+  if (opt.prediction_type) {
+    SD_CHECK_ARG(*opt.prediction_type == "epsilon" || *opt.prediction_type == "v_prediction",
+                 "prediction type must be epsilon or v_prediction, got \"" + *opt.prediction_type + "\"");
+    sd->schedule_.prediction_type = *opt.prediction_type;
   }
   sd->unet_ = std::make_unique<UNet>(UNet::load(ucfg, usrc, opt.dtype));
   sd->vae_ = std::make_unique<VAE>(VAE::load(vcfg, vsrc, opt.dtype));
@@ -90,6 +101,27 @@ std::unique_ptr<StableDiffusion> StableDiffusion::load(const std::string& path, 
                            " does not match the text encoder (" +
                            std::to_string(sd->text_encoder_->config().hidden_size) + ")");
   return sd;
+}
+
+std::optional<std::string> sidecar_prediction_type(const std::string& checkpoint_path) {
+  std::filesystem::path yaml(checkpoint_path);
+  yaml.replace_extension(".yaml");
+  std::ifstream in(yaml);
+  if (!in) return std::nullopt;
+  std::string line;
+  while (std::getline(in, line)) {
+    const size_t k = line.find("parameterization:");
+    if (k == std::string::npos || line.find('#') < k) continue;
+    std::string v = line.substr(k + 17);
+    v.erase(
+        std::remove_if(v.begin(), v.end(), [](char c) { return c == '"' || c == '\'' || std::isspace(uint8_t(c)); }),
+        v.end());
+    if (const size_t hash = v.find('#'); hash != std::string::npos) v.resize(hash);
+    if (v == "v") return "v_prediction";
+    if (v == "eps") return "epsilon";
+    throw UnsupportedError(yaml.string() + ": parameterization \"" + v + "\" is not supported (eps, v)");
+  }
+  return std::nullopt;
 }
 
 void validate_request(const GenerateRequest& r) {

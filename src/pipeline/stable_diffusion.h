@@ -29,6 +29,10 @@ struct LoadOptions {
   // none (they get SD1.5's defaults), so a v-prediction single file needs this, as
   // diffusers' from_single_file needs a config.
   std::optional<std::string> scheduler_config_path;
+  // "epsilon" or "v_prediction", overriding both the scheduler config and the sidecar below.
+  // Single files say nothing about it; A1111 reads a <checkpoint>.yaml next to the file
+  // (`parameterization: "v"` for SD2-768-v models), and so does load() when it exists.
+  std::optional<std::string> prediction_type;
   // A tokenizer folder (vocab.json, merges.txt, ...) to use instead of the model's own, or of
   // the bundled CLIP vocabulary that single files get (models with another vocabulary need it).
   std::optional<std::string> tokenizer_dir;
@@ -76,6 +80,11 @@ std::vector<int32_t> context_ids(const ClipTokenizer& tok, const std::string& te
 
 // Checks what can be checked without a model (sizes, steps, sampler names, ...), so a
 // front end can refuse a request before loading anything. Throws InvalidArgument.
+// The prediction type an A1111 sidecar config (<checkpoint>.yaml next to a single file) gives:
+// "v_prediction" for `parameterization: "v"`, "epsilon" for "eps", nothing if the file or the
+// key is absent. Only that key is read; the rest of the LDM yaml is ignored.
+std::optional<std::string> sidecar_prediction_type(const std::string& checkpoint_path);
+
 void validate_request(const GenerateRequest& req);
 
 class StableDiffusion {

@@ -26,7 +26,7 @@ def generate_args(model, out, meta, sampler="Euler", schedule="Automatic", **ove
     return ["generate"] + [x for kv in args.items() for x in kv]
 
 
-@pytest.mark.parametrize("model", ["sd1-tiny", "sd2-tiny"])
+@pytest.mark.parametrize("model", ["sd1-tiny", "sd2-tiny", "odd-tiny"])
 @pytest.mark.parametrize("case", CASES)
 def test_generate_matches_diffusers(run, tmp_path, model, case):
     tensors, meta = read_safetensors(GOLDEN / f"{model}.safetensors")
@@ -50,6 +50,8 @@ def test_generate_matches_diffusers(run, tmp_path, model, case):
     ({"--width": "33"}, "width"),
     ({"--steps": "0"}, "steps"),
     ({"--sampler": "Bogus"}, "DPM++ 2M"),  # the message lists the valid names
+    ({"--prediction-type": "sample"}, "v_prediction"),
+    ({"--scheduler-config": "/no/such/scheduler_config.json"}, "scheduler config not found"),
 ])
 def test_generate_bad_input(run, tmp_path, over, needle):
     _, meta = read_safetensors(GOLDEN / "sd1-tiny.safetensors")
@@ -84,3 +86,16 @@ def test_generate_vae_tiling(run, tmp_path):
     w1, h1, _, b, _ = decode_png(tiled)
     assert (w0, h0) == (w1, h1)
     assert a != b, "--vae-tiling had no effect"
+
+
+def test_generate_prediction_type_override(run, tmp_path):
+    """--prediction-type overrides the model's scheduler config (sd2-tiny is v-prediction)."""
+    tensors, meta = read_safetensors(GOLDEN / "sd2-tiny.safetensors")
+    want = tensors["Euler|Automatic"][2]
+    for pred, same in (("v_prediction", True), ("epsilon", False)):
+        out = tmp_path / f"{pred}.png"
+        p = run(*(generate_args("sd2-tiny", out, meta) + ["--prediction-type", pred]))
+        assert p.returncode == 0, p.stderr
+        got = decode_png(out)[3]
+        worst = max(abs(a - b) for a, b in zip(got, want))
+        assert (worst <= 2) == same, f"{pred}: max |diff| {worst}"
