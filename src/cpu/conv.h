@@ -24,6 +24,10 @@ enum class WinogradMode { Auto, Off, Always };
 void set_winograd_mode(WinogradMode m);
 WinogradMode winograd_mode();
 bool winograd_applicable(const Conv2dParams& p);
+// Bytes of transformed weights made at once (default 128 MiB); layers needing more are done
+// in output-channel chunks. Settable so tests can force the chunked path on small layers.
+void set_winograd_weight_budget(int64_t bytes);
+int64_t winograd_weight_budget();
 void conv2d_winograd_f32(const Conv2dParams& p, const float* x, const float* wt, const float* bias, float* y);
 
 }  // namespace sdserve::cpu

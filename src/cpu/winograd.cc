@@ -87,18 +87,17 @@ std::atomic<int>& mode_slot() {
   return slot;
 }
 
-// U[36][C][O] = G g G^T for every (o, c) kernel g, 8 output channels at a time so the
-// stores run along O.
-void transform_weights(const Conv2dParams& p, const float* wt, std::vector<float>& u) {
-  const int64_t C = p.c, O = p.o;
-  if (u.size() < size_t(36 * C * O)) u.resize(size_t(36 * C * O));
+// U[36][C][oc] = G g G^T for every kernel g of input channel c and output channel ob + o,
+// o < oc, 8 output channels at a time so the stores run along O.
+void transform_weights(const Conv2dParams& p, const float* wt, int64_t ob, int64_t oc, float* u) {
+  const int64_t C = p.c;
 #pragma omp parallel for schedule(static)
   for (int64_t c = 0; c < C; ++c)
-    for (int64_t o0 = 0; o0 < O; o0 += 8) {
-      const int64_t nl = std::min<int64_t>(8, O - o0);
+    for (int64_t o0 = 0; o0 < oc; o0 += 8) {
+      const int64_t nl = std::min<int64_t>(8, oc - o0);
       v8 g[3][3] = {};
       for (int64_t l = 0; l < nl; ++l) {
-        const float* k = wt + ((o0 + l) * C + c) * 9;
+        const float* k = wt + ((ob + o0 + l) * C + c) * 9;
         for (int ky = 0; ky < 3; ++ky)
           for (int kx = 0; kx < 3; ++kx) g[ky][kx][l] = k[ky * 3 + kx];
       }
@@ -113,7 +112,7 @@ void transform_weights(const Conv2dParams& p, const float* wt, std::vector<float
         v8 full[6];
         g3(rows[i], full);
         for (int j = 0; j < 6; ++j) {
-          float* dst = u.data() + ((i * 6 + j) * C + c) * O + o0;
+          float* dst = u + ((i * 6 + j) * C + c) * oc + o0;
           if (nl == 8) {
             store8(dst, full[j]);
           } else {
@@ -145,6 +144,15 @@ void gemm_serial(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, c
 }  // namespace
 
 void set_winograd_mode(WinogradMode m) { mode_slot().store(int(m)); }
+
+namespace {
+std::atomic<int64_t>& weight_budget_slot() {
+  static std::atomic<int64_t> slot{int64_t(128) << 20};
+  return slot;
+}
+}  // namespace
+void set_winograd_weight_budget(int64_t bytes) { weight_budget_slot().store(std::max<int64_t>(bytes, 1)); }
+int64_t winograd_weight_budget() { return weight_budget_slot().load(); }
 WinogradMode winograd_mode() { return WinogradMode(mode_slot().load()); }
 
 bool winograd_applicable(const Conv2dParams& p) {
@@ -153,11 +161,11 @@ bool winograd_applicable(const Conv2dParams& p) {
   const WinogradMode m = winograd_mode();
   if (m == WinogradMode::Off) return false;
   if (m == WinogradMode::Always) return true;
-  // Measured on SD shapes (docs/PERFORMANCE.md): Winograd wins from about 64 tiles up, while
-  // the per-call weight transform (36 x C x O floats) stays cheap next to the GEMMs only up to
-  // about 1024 x 1024 channels; it also bounds the transformed-weight workspace (<= 151 MB).
+  // Measured on SD shapes (docs/PERFORMANCE.md): with the weights transformed on every call
+  // (36 x C x O floats written), Winograd wins from about 64 tiles (32x32 at batch 2:
+  // 1032 -> 460 ms for 1280 -> 1280) and loses at 32 tiles (16x16: 254 -> 320 ms).
   const int64_t tiles = p.n * ((p.oh() + 3) / 4) * ((p.ow() + 3) / 4);
-  return tiles >= 64 && p.c >= 16 && p.o >= 16 && p.c * p.o <= 1024 * 1024;
+  return tiles >= 64 && p.c >= 16 && p.o >= 16;
 }
 
 void conv2d_winograd_f32(const Conv2dParams& p, const float* x, const float* wt, const float* bias, float* y) {
@@ -165,10 +173,14 @@ void conv2d_winograd_f32(const Conv2dParams& p, const float* x, const float* wt,
   const int64_t Cp = (C + 7) / 8 * 8, Op = (O + 7) / 8 * 8;
   const int64_t th = (OH + 3) / 4, tw = (OW + 3) / 4;
   // Workspaces are kept per calling thread and only grow: fresh multi-megabyte buffers per
-  // call cost more in page faults than the transforms themselves. Their size is bounded by
-  // the Auto rule (C x O) and the chunk budget below.
+  // call cost more in page faults than the transforms themselves. The transformed weights are
+  // made for at most ~128 MiB of output channels at a time (all of O for every SD layer up
+  // to 1280 -> 1280; 2560 -> 1280 takes 4 chunks), the tile chunks below bound V and M.
   static thread_local std::vector<float> u, vb, mb;
-  transform_weights(p, wt, u);
+  const int64_t oc_max = std::clamp<int64_t>((winograd_weight_budget() / (36 * 4 * C)) / 8 * 8, 8, Op);
+  const int64_t n_ochunks = (O + oc_max - 1) / oc_max;
+  if (u.size() < size_t(36 * C * oc_max)) u.resize(size_t(36 * C * oc_max));
+  if (n_ochunks == 1) transform_weights(p, wt, 0, O, u.data());
 
   // A chunk is a run of whole tile rows of one image whose transformed input and output
   // (36 x tiles x channels each) fit in about 24 MiB, so they stay in the last-level cache
@@ -183,7 +195,7 @@ void conv2d_winograd_f32(const Conv2dParams& p, const float* x, const float* wt,
   // and mb would denote each worker's own (empty) thread_local vectors.
   float* const V = vb.data();
   float* const M = mb.data();
-  const float* const U = u.data();
+  float* const U = u.data();
   std::exception_ptr failure;
 
   for (int64_t b = 0; b < p.n; ++b) {
@@ -235,16 +247,25 @@ void conv2d_winograd_f32(const Conv2dParams& p, const float* x, const float* wt,
             }
           }
         }
-        // Phase 2: M[xi] = V[xi] x U[xi], [nt x C] x [C x O], one serial GEMM per task.
-#pragma omp for schedule(dynamic, 1)
+      }
+      // Phase 2: M[xi] = V[xi] x U[xi], [nt x C] x [C x oc] per output-channel chunk, one serial
+      // GEMM per task.
+      for (int64_t ob = 0; ob < O; ob += oc_max) {
+        const int64_t oc = std::min(oc_max, O - ob);
+        if (n_ochunks > 1) transform_weights(p, wt, ob, oc, U);
+#pragma omp parallel for schedule(dynamic, 1)
         for (int64_t xi = 0; xi < 36; ++xi) {
           try {
-            gemm_serial(nt, O, C, V + xi * max_tiles * Cp, Cp, U + xi * C * O, O, M + xi * max_tiles * Op, Op);
+            gemm_serial(nt, oc, C, V + xi * max_tiles * Cp, Cp, U + xi * C * oc, oc, M + xi * max_tiles * Op + ob, Op);
           } catch (...) {
 #pragma omp critical
             failure = std::current_exception();
           }
         }
+      }
+      if (failure) std::rethrow_exception(failure);
+#pragma omp parallel
+      {
         // Phase 3: Y = A^T M A (+ bias) per tile, 8 output channels at a time; edge tiles clipped.
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < nt; ++t) {

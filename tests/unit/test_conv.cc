@@ -91,6 +91,26 @@ TEST_P(ConvPath, MatchesDoubleReference) {
   }
 }
 
+// Layers whose transformed weights exceed the workspace budget are done in output-channel
+// chunks (in SD only 2560 -> 1280); a tiny budget forces that path here, tails included.
+TEST(ConvWinograd, OutputChannelChunksMatchOneChunk) {
+  const cpu::WinogradMode saved = cpu::winograd_mode();
+  const int64_t saved_budget = cpu::winograd_weight_budget();
+  cpu::set_winograd_mode(cpu::WinogradMode::Always);
+  const int n = 2, c = 20, h = 13, w = 11, o = 37;
+  const Tensor x = Tensor::from_vector(random_values(size_t(n * c * h * w), 7), {n, c, h, w}, DType::F32);
+  const Tensor wt = Tensor::from_vector(random_values(size_t(o * c * 9), 8, -0.5f, 0.5f), {o, c, 3, 3}, DType::F32);
+  const Tensor b = Tensor::from_vector(random_values(size_t(o), 9), {o}, DType::F32);
+  const ops::Conv2dOptions opt = ops::Conv2dOptions::same(3);
+  const std::vector<float> one = ops::conv2d(x, wt, &b, opt).to_vector();
+  cpu::set_winograd_weight_budget(36 * 4 * c * 16);  // 16 output channels per chunk: 16 + 16 + 5
+  const std::vector<float> chunked = ops::conv2d(x, wt, &b, opt).to_vector();
+  cpu::set_winograd_weight_budget(saved_budget);
+  cpu::set_winograd_mode(saved);
+  ASSERT_EQ(one.size(), chunked.size());
+  for (size_t i = 0; i < one.size(); ++i) ASSERT_NEAR(one[i], chunked[i], 1e-5) << i;
+}
+
 INSTANTIATE_TEST_SUITE_P(CpuPaths, ConvPath, testing::Values(cpu::WinogradMode::Off, cpu::WinogradMode::Always),
                          [](const testing::TestParamInfo<cpu::WinogradMode>& i) {
                            return std::string(i.param == cpu::WinogradMode::Off ? "direct" : "winograd");
@@ -110,6 +130,8 @@ TEST(ConvWinograd, AutoRule) {
   const cpu::WinogradMode saved = cpu::winograd_mode();
   cpu::set_winograd_mode(cpu::WinogradMode::Auto);
   EXPECT_TRUE(cpu::winograd_applicable(big));
+  cpu::Conv2dParams wide{2, 1280, 32, 32, 1280, 3, 3, 1, 1, 1, 1, 1, 1};  // output-channel chunks if needed
+  EXPECT_TRUE(cpu::winograd_applicable(wide));
   EXPECT_FALSE(cpu::winograd_applicable(strided));
   EXPECT_FALSE(cpu::winograd_applicable(pointwise));
   EXPECT_FALSE(cpu::winograd_applicable(tiny));
