@@ -114,7 +114,8 @@ Tensor UNet::time_embedding(const std::vector<float>& timesteps, int64_t n) cons
     const float exponent = float(-std::log(10000.0)) * float(i) / float(half - cfg_.freq_shift);
     freqs[size_t(i)] = std::exp(exponent);
   }
-  Tensor e = Tensor::empty({n, dim}, DType::F32);
+  // zeros: an odd dim leaves the last column unwritten, and diffusers zero-pads it.
+  Tensor e = Tensor::zeros({n, dim}, DType::F32);
   float* p = e.data<float>();
   for (int64_t b = 0; b < n; ++b) {
     const float t = timesteps[timesteps.size() == 1 ? 0 : size_t(b)];
