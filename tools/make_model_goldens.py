@@ -8,8 +8,10 @@ inputs and diffusers' output, so the C++ tests compare our UNet/VAE with no PyTo
   dec_a_{z,out}          VAE decode of 8x8 latents
   dec_b_{z,out}          VAE decode of odd 5x7 latents
   enc_a_{x,out}          VAE encoder moments (mean, logvar) incl. quant_conv
+  tdec_a_{z,out}         tiled VAE decode (enable_tiling) of 13x19 latents
+  tenc_a_{x,out}         tiled VAE encode of a 44x30 image
 
-Run: .venv-tools/bin/python tools/make_model_goldens.py
+Run: .venv-tools/bin/python tools/make_model_goldens.py [MODEL ...]   (default: sd1-tiny sd2-tiny odd-tiny)
 """
 from __future__ import annotations
 
@@ -47,13 +49,20 @@ def goldens(name: str) -> dict:
     x = (torch.rand(1, 3, 16, 16, generator=g) * 2 - 1)
     out["enc_a_x"] = x
     out["enc_a_out"] = vae.encode(x).latent_dist.parameters
+    # Tiled VAE (enable_tiling): inputs several tiles wide and tall, with partial edge tiles.
+    vae.enable_tiling()
+    z = torch.randn(1, vae.config.latent_channels, 13, 19, generator=g)
+    out["tdec_a_z"], out["tdec_a_out"] = z, vae.decode(z).sample
+    x = torch.rand(1, 3, 44, 30, generator=g) * 2 - 1
+    out["tenc_a_x"], out["tenc_a_out"] = x, vae.encode(x).latent_dist.parameters
+    vae.disable_tiling()
     return {k: v.contiguous().float() for k, v in out.items()}
 
 
 def main() -> None:
     torch.manual_seed(0)
     OUT.mkdir(parents=True, exist_ok=True)
-    for name in ("sd1-tiny", "sd2-tiny"):
+    for name in sys.argv[1:] or ("sd1-tiny", "sd2-tiny", "odd-tiny"):  # default: all tiny models
         path = OUT / f"{name}.safetensors"
         save_file_sorted(goldens(name), path, {"torch": torch.__version__, "source": f"diffusers, {name}"})
         print(f"wrote {path} ({path.stat().st_size} bytes)")

@@ -3,7 +3,7 @@
 
 Writes
   tests/fixtures/golden/text_encoder/<name>.safetensors   for every tiny config:
-      sd1_tiny, sd2_tiny        (weights: tests/fixtures/models/sd{1,2}-tiny/text_encoder)
+      sd1_tiny, sd2_tiny, odd_tiny (weights: tests/fixtures/models/{sd1,sd2,odd}-tiny/text_encoder)
       te_h48_gelu, te_h40_qgelu (standalone; weights written by this script to
                                  tests/fixtures/models/text_encoders/<name>/ in both layouts,
                                  plus a matching tokenizer/ folder)
@@ -244,6 +244,8 @@ def tiny_goldens() -> list[str]:
          tiny.TINY_MERGES),
         ("sd2_tiny", MODELS_DIR / "sd2-tiny" / "text_encoder", 2002, "sd2", "tests/fixtures/models/sd2-tiny",
          tiny.TINY_MERGES),
+        ("odd_tiny", MODELS_DIR / "odd-tiny" / "text_encoder", 5005, "sd1", "tests/fixtures/models/odd-tiny",
+         tiny.ODD_MERGES),
     ]
     for name, spec in STANDALONE.items():
         folder, rep = write_standalone(name, spec)

@@ -9,6 +9,11 @@ Writes under tests/fixtures/models/ (default):
                                in_channels 9), single file only; not committed (size budget)
   sd2-tiny/                    diffusers directory, SD2 style (v_prediction, linear proj, gelu)
   sd2-tiny.safetensors         single file with the OpenCLIP text-encoder layout
+  odd-tiny/                    diffusers directory, SD1 style with odd sizes everywhere (channels
+                               9/15, 3/5 heads of width 3, text width 15 = 3 heads of 5, odd
+                               timestep-embedding width, 250-merge vocabulary)
+  odd-tiny.safetensors         same weights, SD1 single file without the DDPM schedule buffers
+                               (like a checkpoint converted from diffusers)
 
 Every weight is exactly representable in float16, so the f32 directory and the
 f16 single file hold identical values.  All randomness is seeded per tensor
@@ -19,7 +24,7 @@ After writing, each single file is validated against its diffusers directory:
  (b) with diffusers' own loader: StableDiffusion[Inpaint]Pipeline.from_single_file(
      file, config=<diffusers dir>, local_files_only=True), comparing every tensor.
 
-Usage:  python tools/make_tiny_models.py [--out DIR] [--no-validate] [--inpaint]
+Usage:  python tools/make_tiny_models.py [--out DIR] [--no-validate] [--inpaint] [--models NAME ...]
 """
 from __future__ import annotations
 
@@ -47,6 +52,11 @@ TINY_VOCAB = 256 * 2 + TINY_MERGES + 2  # 1514
 TINY_BOS = TINY_VOCAB - 2  # <|startoftext|> = 1512
 TINY_EOS = TINY_VOCAB - 1  # <|endoftext|>   = 1513
 SD2_PAD_ID = 0  # "!" is the first byte symbol
+# odd-tiny: a shorter vocabulary (other special-token ids, and a smaller embedding table).
+ODD_MERGES = 250
+ODD_VOCAB = 256 * 2 + ODD_MERGES + 2  # 764
+ODD_BOS = ODD_VOCAB - 2  # 762
+ODD_EOS = ODD_VOCAB - 1  # 763
 
 # ----------------------------------------------------------------------------- configs
 
@@ -80,6 +90,30 @@ SD2_UNET = dict(
     block_out_channels=(8, 16), layers_per_block=2, norm_num_groups=4,
     cross_attention_dim=32, attention_head_dim=(2, 4), use_linear_projection=True,
 )
+# odd-tiny: SD1 style (epsilon, conv proj_in/out, CLIP ViT text encoder in the SD1 layout) with
+# odd sizes: text width 15 (3 heads of 5, MLP 23); UNet channels (9, 15), 3 groups (3 and 5
+# channels per group), 3 / 5 heads of width 3 (attention_head_dim = #heads per level), timestep
+# embedding of odd width 9 (zero-padded), cross-attention width 15; VAE channels (6, 9) with
+# 3 groups, so its mid-block attention is one head of width 9.
+ODD_TEXT = dict(
+    vocab_size=ODD_VOCAB, hidden_size=15, intermediate_size=23, num_hidden_layers=2,
+    num_attention_heads=3, max_position_embeddings=77, hidden_act="quick_gelu",
+    layer_norm_eps=1e-5, projection_dim=15,
+    bos_token_id=ODD_BOS, eos_token_id=ODD_EOS, pad_token_id=ODD_EOS,
+)
+ODD_UNET = dict(
+    sample_size=8, in_channels=4, out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(9, 15), layers_per_block=1, norm_num_groups=3,
+    cross_attention_dim=15, attention_head_dim=(3, 5), use_linear_projection=False,
+)
+ODD_VAE = dict(
+    in_channels=3, out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+    block_out_channels=(6, 9), layers_per_block=1, latent_channels=4, norm_num_groups=3,
+    sample_size=16, scaling_factor=0.18215,
+)
 VAE = dict(
     in_channels=3, out_channels=3,
     down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
@@ -97,6 +131,9 @@ MODELS = {
                      scheduler="PNDMScheduler", prediction_type="epsilon", pad_token=clip_bpe_files.EOS),
     "sd2-tiny": dict(seed=2002, text=SD2_TEXT, unet=SD2_UNET, vae=VAE, family="sd2",
                      scheduler="DDIMScheduler", prediction_type="v_prediction", pad_token="!"),
+    "odd-tiny": dict(seed=5005, text=ODD_TEXT, unet=ODD_UNET, vae=ODD_VAE, family="sd1",
+                     scheduler="PNDMScheduler", prediction_type="epsilon", pad_token=clip_bpe_files.EOS,
+                     merges=ODD_MERGES, ldm_schedule_buffers=False),
 }
 INPAINT = dict(base="sd1-tiny", name="sd1-tiny-inpaint", unet_in_channels=9, seed_offset=7)
 
@@ -267,7 +304,7 @@ def write_diffusers_dir(spec: dict, comps, out_dir: Path) -> None:
         shutil.rmtree(out_dir)
     with tempfile.TemporaryDirectory() as tmp:
         tok_dir = Path(tmp) / "tok"
-        clip_bpe_files.write_hf_files(tok_dir, TINY_MERGES, spec["pad_token"])
+        clip_bpe_files.write_hf_files(tok_dir, spec.get("merges", TINY_MERGES), spec["pad_token"])
         tok = CLIPTokenizer.from_pretrained(tok_dir)
         pipe = StableDiffusionPipeline(
             vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched,
@@ -276,7 +313,7 @@ def write_diffusers_dir(spec: dict, comps, out_dir: Path) -> None:
         pipe.save_pretrained(out_dir, safe_serialization=True)
     # Tokenizer folder exactly like the SD repos: the four classic files only.
     shutil.rmtree(out_dir / "tokenizer")
-    clip_bpe_files.write_hf_files(out_dir / "tokenizer", TINY_MERGES, spec["pad_token"])
+    clip_bpe_files.write_hf_files(out_dir / "tokenizer", spec.get("merges", TINY_MERGES), spec["pad_token"])
     # Text encoder weights under their canonical names (see write_text_encoder_dir).
     write_text_encoder_dir(te, out_dir / "text_encoder")
     # Stable key order for the component/pipeline configs (not the tokenizer files).
@@ -299,7 +336,9 @@ def single_file_state_dict(spec: dict, comps) -> dict:
         out[ldm_layout.CLIP_PREFIX + "text_model.embeddings.position_ids"] = torch.arange(n, dtype=torch.int64)[None]
     else:
         out.update(f16(ldm_layout.openclip_to_ldm(te.state_dict(), extras)))
-    out.update(ldm_schedule_buffers())  # float32, like the real checkpoints' buffers
+    if spec.get("ldm_schedule_buffers", True):
+        out.update(ldm_schedule_buffers())  # float32, like the real checkpoints' buffers
+    # else: none, like checkpoints converted from diffusers (saves 48 KB of fixture)
     for k, v in out.items():
         if v.is_floating_point():
             assert torch.equal(v.float().half(), v.half()), k
@@ -374,14 +413,14 @@ def validate(name: str, spec: dict, dir_path: Path, file_path: Path, inpaint: bo
     return report
 
 
-def _check_tokenizer_vs_open_clip(dir_path: Path) -> str:
+def _check_tokenizer_vs_open_clip(dir_path: Path, n_merges: int = TINY_MERGES) -> str:
     from open_clip.tokenizer import SimpleTokenizer
     from transformers import CLIPTokenizer
 
     tok = CLIPTokenizer.from_pretrained(dir_path / "tokenizer")
     with tempfile.TemporaryDirectory() as tmp:
         gz = Path(tmp) / "m.txt.gz"
-        clip_bpe_files.write_open_clip_gz(gz, TINY_MERGES)
+        clip_bpe_files.write_open_clip_gz(gz, n_merges)
         ref = SimpleTokenizer(bpe_path=str(gz))
     texts = ["a photograph of an astronaut riding a horse", "Hello, World!! 123 déjà-vu",
              "masterpiece, best quality, (cat:1.2)", "  lots   of   spaces  "]
@@ -400,12 +439,15 @@ def main(argv=None) -> int:
     ap.add_argument("--no-validate", action="store_true")
     ap.add_argument("--inpaint", action="store_true",
                     help="also write sd1-tiny-inpaint.safetensors (~0.57 MB; off by default for the size budget)")
+    ap.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS),
+                    help="which models to write (default: all; the others are left as they are)")
     args = ap.parse_args(argv)
     torch.use_deterministic_algorithms(True)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     reports = []
-    for name, spec in MODELS.items():
+    for name in args.models:
+        spec = MODELS[name]
         comps = build_components(spec)
         write_diffusers_dir(spec, comps, out / name)
         sd = single_file_state_dict(spec, comps)
@@ -413,9 +455,9 @@ def main(argv=None) -> int:
         print(f"wrote {out / name}/ and {out / (name + '.safetensors')} ({len(sd)} tensors)")
         if not args.no_validate:
             reports += validate(name, spec, out / name, out / f"{name}.safetensors")
-            if name == "sd1-tiny":
-                reports.append(f"{name}: " + _check_tokenizer_vs_open_clip(out / name))
-    if args.inpaint:
+            if name in ("sd1-tiny", "odd-tiny"):
+                reports.append(f"{name}: " + _check_tokenizer_vs_open_clip(out / name, spec.get("merges", TINY_MERGES)))
+    if args.inpaint and INPAINT["base"] in args.models:
         spec = MODELS[INPAINT["base"]]
         comps = build_components(spec, unet_in_channels=INPAINT["unet_in_channels"], seed_offset=INPAINT["seed_offset"])
         sd = single_file_state_dict(spec, comps)

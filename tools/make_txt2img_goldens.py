@@ -2,15 +2,15 @@
 """Golden txt2img images from diffusers' StableDiffusionPipeline, one per sampler x schedule type.
 
 Writes tests/fixtures/golden/txt2img/<model>.safetensors for the tiny fixture models (diffusers
-folders tests/fixtures/models/sd1-tiny, sd2-tiny; sd2-tiny is v-prediction). Read by
-tests/unit/test_txt2img.cc and tests/e2e/test_generate.py.
+folders tests/fixtures/models/sd1-tiny, sd2-tiny, odd-tiny; sd2-tiny is v-prediction, odd-tiny
+has odd channel/head counts). Read by tests/unit/test_txt2img.cc and tests/e2e/test_generate.py.
 
 Every case is
 
     pipe = StableDiffusionPipeline.from_pretrained(model_dir)            # float32, CPU
     pipe.scheduler = <make_sampler_goldens.make_scheduler(sampler, schedule, pipe.scheduler.config)>
     images = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS (LCM: 4),
-                  guidance_scale=CFG, height=32, width=32,
+                  guidance_scale=CFG, height=H, width=W,     # 32x32; odd-tiny 24 wide, 16 high
                   generator=torch.Generator("cpu").manual_seed(SEED), output_type="np").images
     rgb = (images[0] * 255).round().astype("uint8")                       # = numpy_to_pil
 
@@ -25,7 +25,7 @@ Tensors: "<sampler>|<schedule>" -> uint8 [H, W, 3].
 Metadata: prompt, negative_prompt, steps, lcm_steps, seed, cfg, width, height, model,
           diffusers (version), cases (JSON list of {key, sampler, schedule, steps}).
 
-Usage: python tools/make_txt2img_goldens.py [--models sd1-tiny sd2-tiny]   (~2 min per model, one thread)
+Usage: python tools/make_txt2img_goldens.py [--models sd1-tiny sd2-tiny odd-tiny]   (~2 min per model, one thread)
 """
 from __future__ import annotations
 
@@ -55,6 +55,8 @@ LCM_STEPS = 4
 CFG = 7.0
 SEED = 1234
 SIZE = 32
+# (width, height) where not SIZE x SIZE: odd-tiny is non-square and smaller (fixture size budget).
+SIZES = {"odd-tiny": (24, 16)}
 # Not pixel-compared: different (by design) Brownian noise, see the module docstring.
 EXCLUDED = {"DPM++ SDE"}
 
@@ -75,14 +77,15 @@ def run_model(name: str) -> None:
                                                    requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     base = dict(pipe.scheduler.config)
+    width, height = SIZES.get(name, (SIZE, SIZE))
     tensors, meta_cases = {}, []
     for sampler, schedule, steps in cases():
         pipe.scheduler, _ = msg.make_scheduler(sampler, schedule, base)
         out = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=CFG,
-                   height=SIZE, width=SIZE, generator=torch.Generator("cpu").manual_seed(SEED),
+                   height=height, width=width, generator=torch.Generator("cpu").manual_seed(SEED),
                    output_type="np").images
         rgb = (out[0] * 255).round().astype("uint8")  # diffusers' numpy_to_pil
-        assert rgb.shape == (SIZE, SIZE, 3), rgb.shape
+        assert rgb.shape == (height, width, 3), rgb.shape
         key = f"{sampler}|{schedule}"
         tensors[key] = torch.from_numpy(np.ascontiguousarray(rgb))
         meta_cases.append({"key": key, "sampler": sampler, "schedule": schedule, "steps": steps})
@@ -95,8 +98,8 @@ def run_model(name: str) -> None:
         "lcm_steps": str(LCM_STEPS),
         "seed": str(SEED),
         "cfg": str(CFG),
-        "width": str(SIZE),
-        "height": str(SIZE),
+        "width": str(width),
+        "height": str(height),
         "diffusers": diffusers.__version__,
         "excluded": json.dumps(sorted(EXCLUDED)),
         "cases": json.dumps(meta_cases),
@@ -109,7 +112,7 @@ def run_model(name: str) -> None:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["sd1-tiny", "sd2-tiny"])
+    ap.add_argument("--models", nargs="+", default=["sd1-tiny", "sd2-tiny", "odd-tiny"])
     args = ap.parse_args()
     for name in args.models:
         run_model(name)

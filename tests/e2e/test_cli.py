@@ -40,6 +40,8 @@ def test_inspect_diffusers_and_single_file(run, tmp_path):
         "sd1-tiny.safetensors": ("SD1.x", "single-file", False),
         "sd2-tiny": ("SD2.x", "diffusers", False),
         "sd2-tiny.safetensors": ("SD2.x", "single-file", False),
+        "odd-tiny": ("SD1.x", "diffusers", False),
+        "odd-tiny.safetensors": ("SD1.x", "single-file", False),
         "sd1-tiny-inpaint.safetensors": ("SD1.x", "single-file", True),
     }
     counts = {}

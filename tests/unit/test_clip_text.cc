@@ -156,6 +156,7 @@ std::string tiny_name(const testing::TestParamInfo<TinyCase>& i) {
 INSTANTIATE_TEST_SUITE_P(Configs, TinyTextEncoder,
                          testing::Values(TinyCase{"sd1_tiny.safetensors", "sd1-tiny", "sd1-tiny.safetensors"},
                                          TinyCase{"sd2_tiny.safetensors", "sd2-tiny", "sd2-tiny.safetensors"},
+                                         TinyCase{"odd_tiny.safetensors", "odd-tiny", "odd-tiny.safetensors"},
                                          TinyCase{"te_h48_gelu.safetensors", "text_encoders/te_h48_gelu/text_encoder",
                                                   "text_encoders/te_h48_gelu/te_h48_gelu.safetensors"},
                                          TinyCase{"te_h40_qgelu.safetensors", "text_encoders/te_h40_qgelu/text_encoder",

@@ -182,10 +182,9 @@ TEST_P(TinyLdm, ConvenienceSourcesAndNarrowing) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, TinyLdm,
                          testing::Values(TinyModel{"sd1-tiny", "sd1-tiny.safetensors", {4, {4, 4, 4}, 0, {}}},
-                                         TinyModel{"sd2-tiny", "sd2-tiny.safetensors", {4, {}, 4, false}}),
-                         [](const testing::TestParamInfo<TinyModel>& i) {
-                           return i.param.dir == "sd1-tiny" ? std::string("sd1") : std::string("sd2");
-                         });
+                                         TinyModel{"sd2-tiny", "sd2-tiny.safetensors", {4, {}, 4, false}},
+                                         TinyModel{"odd-tiny", "odd-tiny.safetensors", {3, {3, 5}, 0, {}}}),
+                         [](const testing::TestParamInfo<TinyModel>& i) { return i.param.dir.substr(0, 3); });
 
 TEST(LdmInfer, FamilyDefaultsForHeadsAndUpcast) {
   const ModelFiles sd1 = ModelFiles::open((kModels / "sd1-tiny.safetensors").string());

@@ -2,8 +2,9 @@
 // tests/fixtures/golden/txt2img/<model>.safetensors, made by tools/make_txt2img_goldens.py.
 //
 // Every sampler x schedule type we accept (DPM++ SDE aside: its Brownian noise differs from
-// torchsde's by design, docs/SAMPLERS.md) on the tiny SD1 (epsilon) and SD2 (v-prediction)
-// models, loaded both from the diffusers folder and from the single-file checkpoint. Every
+// torchsde's by design, docs/SAMPLERS.md) on the tiny SD1 (epsilon), SD2 (v-prediction) and
+// odd-sized SD1 (odd channel/head counts, 24x16 images) models, loaded both from the diffusers
+// folder and from the single-file checkpoint. Every
 // channel of every pixel must be within 2 of diffusers' uint8 image.
 // SDSERVE_TXT2IMG_REPORT=1 prints the largest difference of every case.
 #include <gtest/gtest.h>
@@ -33,12 +34,14 @@ const fs::path kGolden = kRoot / "golden" / "txt2img";
 constexpr int kTolerance = 2;  // per channel, out of 255
 
 struct Case {
-  std::string model;   // sd1-tiny | sd2-tiny
+  std::string model;   // sd1-tiny | sd2-tiny | odd-tiny
   std::string layout;  // diffusers | single
   std::string key;     // "<sampler>|<schedule>"
   std::string sampler, schedule;
   int steps = 0;
 };
+
+constexpr const char* kTinyModels[] = {"sd1-tiny", "sd2-tiny", "odd-tiny"};
 
 const SafeTensorsFile& golden_file(const std::string& model) {
   static std::mutex mu;
@@ -51,7 +54,7 @@ const SafeTensorsFile& golden_file(const std::string& model) {
 
 std::vector<Case> all_cases() {
   std::vector<Case> out;
-  for (const std::string model : {"sd1-tiny", "sd2-tiny"}) {
+  for (const std::string model : kTinyModels) {
     if (!fs::exists(kGolden / (model + ".safetensors"))) continue;  // reported by GoldensPresent
     const auto cases = nlohmann::json::parse(golden_file(model).metadata().at("cases"));
     for (const std::string layout : {"diffusers", "single"})
@@ -65,13 +68,17 @@ std::vector<Case> all_cases() {
 // The tiny models' single files need what the file cannot tell: head and group counts (read
 // off the diffusers configs), the tokenizer (a 1514-token vocabulary) and the scheduler config
 // (sd1-tiny says "leading" spacing, sd2-tiny v-prediction), as diffusers' from_single_file
-// needs its `config` folder.
+// needs its `config` folder. odd-tiny also has a vocabulary of its own (764 tokens).
 LoadOptions single_file_options(const std::string& model) {
   LoadOptions o;
   o.text_head_dim = 8;  // hidden 32, 4 heads
   o.ldm.norm_num_groups = 4;
   if (model == "sd1-tiny") {
     o.ldm.heads = {4, 4, 4};
+  } else if (model == "odd-tiny") {
+    o.text_head_dim = 5;  // hidden 15, 3 heads
+    o.ldm.norm_num_groups = 3;
+    o.ldm.heads = {3, 5};  // channels 9, 15: heads of width 3
   } else {
     o.ldm.head_dim = 4;
     o.ldm.upcast_attention = false;
@@ -155,7 +162,7 @@ std::string case_name(const testing::TestParamInfo<Case>& i) {
 INSTANTIATE_TEST_SUITE_P(Goldens, Txt2ImgParity, testing::ValuesIn(all_cases()), case_name);
 
 TEST(Txt2Img, GoldensPresent) {
-  for (const char* m : {"sd1-tiny", "sd2-tiny"}) {
+  for (const char* m : kTinyModels) {
     const fs::path p = kGolden / (std::string(m) + ".safetensors");
     ASSERT_TRUE(fs::exists(p)) << p << " missing: run tools/make_txt2img_goldens.py";
     const auto cases = nlohmann::json::parse(golden_file(m).metadata().at("cases"));
@@ -166,9 +173,9 @@ TEST(Txt2Img, GoldensPresent) {
 }
 
 // DPM++ SDE is not pixel-compared (different Brownian noise by design); it must still run on
-// both models and give a plausible image: the right size, not flat, and reproducible.
+// every model and give a plausible image: the right size, not flat, and reproducible.
 TEST(Txt2Img, DpmppSdeRuns) {
-  for (const std::string model : {"sd1-tiny", "sd2-tiny"}) {
+  for (const std::string model : kTinyModels) {
     const SafeTensorsFile& g = golden_file(model);
     const StableDiffusion& sd = model_for(model, "diffusers");
     for (const char* schedule : {"Automatic", "Karras"}) {

@@ -35,7 +35,7 @@ def test_hashinit_rank1_linear_is_error():
         hashinit.hash_init_tensor("logit_scale", [])
 
 
-@pytest.mark.parametrize("name", ["sd1_tiny", "sd2_tiny", "te_h48_gelu", "te_h40_qgelu", "vit_l14_hashinit"])
+@pytest.mark.parametrize("name", ["sd1_tiny", "sd2_tiny", "odd_tiny", "te_h48_gelu", "te_h40_qgelu", "vit_l14_hashinit"])
 def test_golden_layout(name):
     st = pytest.importorskip("safetensors")
     with st.safe_open(str(GOLDEN / f"{name}.safetensors"), "np") as f:
@@ -53,7 +53,7 @@ def test_golden_layout(name):
     assert float(np.abs(lhs).max()) == json.loads(meta["max_abs"])["last_hidden_state"]
 
 
-@pytest.mark.parametrize("name", ["sd1-tiny", "sd2-tiny"])
+@pytest.mark.parametrize("name", ["sd1-tiny", "sd2-tiny", "odd-tiny"])
 def test_single_file_equals_diffusers_dir(name):
     pytest.importorskip("torch")
     from safetensors.torch import load_file
@@ -71,7 +71,7 @@ def test_single_file_equals_diffusers_dir(name):
             assert back[k].dtype.is_floating_point and (back[k].float() == ref[k]).all(), k
     ref = load_file(str(MODELS / name / "text_encoder" / "model.safetensors"))
     tcfg = json.loads((MODELS / name / "text_encoder" / "config.json").read_text())
-    if name == "sd1-tiny":
+    if name in ("sd1-tiny", "odd-tiny"):
         back = ldm_layout.clip_from_ldm(ldm)
     else:
         back = ldm_layout.openclip_from_ldm(ldm, tcfg["num_hidden_layers"])
