@@ -1,12 +1,13 @@
-// Batched scaled-dot-product attention on the CPU, f32.
+// Batched scaled-dot-product attention on the CPU, f32, flash-attention style.
 //
-// Work is split into (batch, head, block of query rows) tasks spread over the OpenMP threads;
-// each task holds one block of score rows (sized to stay in L2), so the full Tq x Tk score
-// matrix never exists. Per (batch, head), K is packed once into 8-key panels ([d][8] each) and
-// V into rows padded to a multiple of 8 columns, both zero-filled past the end. On x86 CPUs
-// with AVX2+FMA (checked at run time, so a portable build still gets them) the two products
-// and the softmax run in register-tiled kernels with a vector exp; elsewhere a plain loop
-// computes the same thing.
+// Work is split into (batch, head, block of up to 64 query rows) tasks spread over the OpenMP
+// threads. A task walks the keys in blocks of 256 with a running max and sum per row (online
+// softmax), rescaling its output rows when the max grows, so the full Tq x Tk score matrix
+// never exists and per-thread memory is fixed whatever the sequence length. Per (batch,
+// head), K is packed once into 8-key panels ([d][8] each) and V into rows padded to a
+// multiple of 8 columns, both zero-filled past the end. On x86 CPUs with AVX2+FMA (checked at
+// run time, so a portable build still gets them) the two products and the exponentials run
+// in register-tiled kernels with a vector exp; elsewhere plain loops run the same algorithm.
 //
 // Softmax is taken over the raw scores: p = exp(scale * (s - max s)), which is the same
 // function as softmax(scale * s) for scale > 0.
@@ -26,9 +27,6 @@ namespace {
 constexpr int64_t kPanel = 8;  // keys per K panel / columns per V vector
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-// Rows of one query block: enough that the block's score rows fit in ~256 KiB.
-int64_t query_block(int64_t tkp) { return std::clamp<int64_t>((int64_t(64) * 1024) / tkp, 4, 64) / 4 * 4; }
 
 struct Packed {
   int64_t tkp, dvp;      // keys rounded up to panels; value columns rounded up to vectors
@@ -60,31 +58,38 @@ void pack(const AttentionArgs& a, Packed& p) {
 
 // ------------------------------------------------------------------ portable kernels
 
-void qk_block_ref(const float* q, int64_t q_st, int64_t rows, const float* kp, int64_t tkp, int64_t d, float* s) {
+// s[i][j] = q_i . k_j for the keys of `npanel` panels starting at kp; rows of s are s_st apart.
+void qk_block_ref(const float* q, int64_t q_st, int64_t rows, const float* kp, int64_t npanel, int64_t d, float* s,
+                  int64_t s_st) {
   for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = 0; j < tkp; ++j) {
+    for (int64_t j = 0; j < npanel * kPanel; ++j) {
       const float* panel = kp + (j / kPanel) * d * kPanel + (j % kPanel);
       float acc = 0.f;
       for (int64_t e = 0; e < d; ++e) acc += q[i * q_st + e] * panel[e * kPanel];
-      s[i * tkp + j] = acc;
+      s[i * s_st + j] = acc;
     }
 }
 
-// Softmax over s[0, len) in place, zeroing s[len, width); returns 1 / sum.
-float softmax_row_ref(float* s, int64_t len, int64_t width, float scale) {
+float row_max_ref(const float* s, int64_t len) {
   float mx = -std::numeric_limits<float>::infinity();
   for (int64_t j = 0; j < len; ++j) mx = std::max(mx, s[j]);
+  return mx;
+}
+
+// s[j] = exp(scale * (s[j] - mx)) over [0, len), zero over [len, width); returns the sum.
+float exp_row_ref(float* s, int64_t len, int64_t width, float mx, float scale) {
   float sum = 0.f;
   for (int64_t j = 0; j < len; ++j) sum += (s[j] = std::exp((s[j] - mx) * scale));
   for (int64_t j = len; j < width; ++j) s[j] = 0.f;
-  return 1.f / sum;
+  return sum;
 }
 
-void pv_block_ref(const float* p, int64_t tkp, int64_t rows, const float* vp, int64_t dvp, int64_t k0, int64_t k1,
+// o[i] += p[i][k0:k1] . v[k0:k1] for each row; rows of p are p_st apart.
+void pv_block_ref(const float* p, int64_t p_st, int64_t rows, const float* vp, int64_t dvp, int64_t k0, int64_t k1,
                   float* o) {
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t kk = k0; kk < k1; ++kk) {
-      const float pv = p[i * tkp + kk];
+      const float pv = p[i * p_st + kk];
       const float* vr = vp + kk * dvp;
       for (int64_t c = 0; c < dvp; ++c) o[i * dvp + c] += pv * vr[c];
     }
@@ -100,24 +105,24 @@ using simd::hsum;
 template <int MR, int NP>
 SD_AVX2 void qk_tile(const float* q, int64_t q_st, const float* kp, int64_t d, float* s, int64_t s_st) {
   __m256 acc[MR][NP];
-#pragma GCC unroll 4
+#pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
+#pragma GCC unroll 16
     for (int j = 0; j < NP; ++j) acc[i][j] = _mm256_setzero_ps();
   for (int64_t e = 0; e < d; ++e) {
     __m256 kv[NP];
-#pragma GCC unroll 4
+#pragma GCC unroll 16
     for (int j = 0; j < NP; ++j) kv[j] = _mm256_loadu_ps(kp + j * d * kPanel + e * kPanel);
-#pragma GCC unroll 4
+#pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       const __m256 qb = _mm256_broadcast_ss(q + i * q_st + e);
-#pragma GCC unroll 4
+#pragma GCC unroll 16
       for (int j = 0; j < NP; ++j) acc[i][j] = _mm256_fmadd_ps(qb, kv[j], acc[i][j]);
     }
   }
-#pragma GCC unroll 4
+#pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
+#pragma GCC unroll 16
     for (int j = 0; j < NP; ++j) _mm256_storeu_ps(s + i * s_st + j * kPanel, acc[i][j]);
 }
 
@@ -129,25 +134,24 @@ SD_AVX2 void qk_rows(const float* q, int64_t q_st, const float* kp, int64_t npan
   if (npanel - j == 1) qk_tile<MR, 1>(q, q_st, kp + j * d * kPanel, d, s + j * kPanel, s_st);
 }
 
-SD_AVX2 void qk_block_avx2(const float* q, int64_t q_st, int64_t rows, const float* kp, int64_t tkp, int64_t d,
-                           float* s) {
+SD_AVX2 void qk_block_avx2(const float* q, int64_t q_st, int64_t rows, const float* kp, int64_t npanel, int64_t d,
+                           float* s, int64_t s_st) {
   // One tile of 3 panels (3 x d x 8 floats) at a time across all rows of the block, so it stays in L1.
-  const int64_t npanel = tkp / kPanel;
   for (int64_t j0 = 0; j0 < npanel; j0 += 3) {
     const int64_t nj = std::min<int64_t>(3, npanel - j0);
     const float* kpj = kp + j0 * d * kPanel;
     float* sj = s + j0 * kPanel;
     int64_t i = 0;
-    for (; i + 4 <= rows; i += 4) qk_rows<4>(q + i * q_st, q_st, kpj, nj, d, sj + i * tkp, tkp);
+    for (; i + 4 <= rows; i += 4) qk_rows<4>(q + i * q_st, q_st, kpj, nj, d, sj + i * s_st, s_st);
     switch (rows - i) {
       case 3:
-        qk_rows<3>(q + i * q_st, q_st, kpj, nj, d, sj + i * tkp, tkp);
+        qk_rows<3>(q + i * q_st, q_st, kpj, nj, d, sj + i * s_st, s_st);
         break;
       case 2:
-        qk_rows<2>(q + i * q_st, q_st, kpj, nj, d, sj + i * tkp, tkp);
+        qk_rows<2>(q + i * q_st, q_st, kpj, nj, d, sj + i * s_st, s_st);
         break;
       case 1:
-        qk_rows<1>(q + i * q_st, q_st, kpj, nj, d, sj + i * tkp, tkp);
+        qk_rows<1>(q + i * q_st, q_st, kpj, nj, d, sj + i * s_st, s_st);
         break;
       default:
         break;
@@ -155,12 +159,17 @@ SD_AVX2 void qk_block_avx2(const float* q, int64_t q_st, int64_t rows, const flo
   }
 }
 
-SD_AVX2 float softmax_row_avx2(float* s, int64_t len, int64_t width, float scale) {
+SD_AVX2 float row_max_avx2(const float* s, int64_t len) {
   const int64_t nv = len / 8 * 8;
   __m256 vmx = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
   for (int64_t j = 0; j < nv; j += 8) vmx = _mm256_max_ps(vmx, _mm256_loadu_ps(s + j));
   float mx = hmax(vmx);
   for (int64_t j = nv; j < len; ++j) mx = std::max(mx, s[j]);
+  return mx;
+}
+
+SD_AVX2 float exp_row_avx2(float* s, int64_t len, int64_t width, float mx, float scale) {
+  const int64_t nv = len / 8 * 8;
   const __m256 m = _mm256_set1_ps(mx), sc = _mm256_set1_ps(scale);
   __m256 vsum = _mm256_setzero_ps();
   for (int64_t j = 0; j < nv; j += 8) {
@@ -176,7 +185,7 @@ SD_AVX2 float softmax_row_avx2(float* s, int64_t len, int64_t width, float scale
     for (int64_t j = nv; j < len; ++j) sum += (s[j] = tail[j - nv]);
   }
   for (int64_t j = len; j < width; ++j) s[j] = 0.f;
-  return 1.f / sum;
+  return sum;
 }
 
 // o[MR][NV*8] += p[MR][k0:k1] . v[k0:k1][NV*8]
@@ -184,24 +193,24 @@ template <int MR, int NV>
 SD_AVX2 void pv_tile(const float* p, int64_t p_st, const float* v, int64_t v_st, int64_t k0, int64_t k1, float* o,
                      int64_t o_st) {
   __m256 acc[MR][NV];
-#pragma GCC unroll 4
+#pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
+#pragma GCC unroll 16
     for (int j = 0; j < NV; ++j) acc[i][j] = _mm256_loadu_ps(o + i * o_st + j * 8);
   for (int64_t kk = k0; kk < k1; ++kk) {
     __m256 vv[NV];
-#pragma GCC unroll 4
+#pragma GCC unroll 16
     for (int j = 0; j < NV; ++j) vv[j] = _mm256_loadu_ps(v + kk * v_st + j * 8);
-#pragma GCC unroll 4
+#pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       const __m256 pb = _mm256_broadcast_ss(p + i * p_st + kk);
-#pragma GCC unroll 4
+#pragma GCC unroll 16
       for (int j = 0; j < NV; ++j) acc[i][j] = _mm256_fmadd_ps(pb, vv[j], acc[i][j]);
     }
   }
-#pragma GCC unroll 4
+#pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
+#pragma GCC unroll 16
     for (int j = 0; j < NV; ++j) _mm256_storeu_ps(o + i * o_st + j * 8, acc[i][j]);
 }
 
@@ -214,8 +223,9 @@ SD_AVX2 void pv_rows(const float* p, int64_t p_st, const float* v, int64_t dvp, 
   if (nvec - c == 1) pv_tile<MR, 1>(p, p_st, v + c * 8, dvp, k0, k1, o + c * 8, dvp);
 }
 
-SD_AVX2 void pv_block_avx2(const float* p, int64_t tkp, int64_t rows, const float* vp, int64_t dvp, int64_t k0,
+SD_AVX2 void pv_block_avx2(const float* p, int64_t p_st, int64_t rows, const float* vp, int64_t dvp, int64_t k0,
                            int64_t k1, float* o) {
+  const int64_t tkp = p_st;
   int64_t i = 0;
   for (; i + 4 <= rows; i += 4) pv_rows<4>(p + i * tkp, tkp, vp, dvp, k0, k1, o + i * dvp);
   switch (rows - i) {
@@ -250,13 +260,17 @@ void attention_f32(const AttentionArgs& a) {
   Packed pk;
   pack(a, pk);
   const int64_t tkp = pk.tkp, dvp = pk.dvp, d = a.d, BH = a.B * a.H;
-  const int64_t bq = query_block(tkp), nblocks = (a.tq + bq - 1) / bq;
+  // Flash-attention style: a task is a block of up to 64 query rows; keys go by in blocks of 256
+  // with a running max and sum per row (online softmax), so the score tile (64 x 256), the K
+  // and V blocks and the output rows all stay in L2 and K/V stream from memory once per 64
+  // queries.
+  constexpr int64_t kRows = 64, kKeys = 256;
+  const int64_t bq = std::min<int64_t>(kRows, a.tq), nblocks = (a.tq + bq - 1) / bq;
   const bool avx2 = have_avx2_fma();
-  constexpr int64_t kKeyBlock = 512;  // keys per V slab in the PV product (kept in L2)
 #pragma omp parallel
   {
-    std::vector<float> s(size_t(bq * tkp)), o(size_t(bq * dvp));
-    std::vector<float> inv(static_cast<size_t>(bq));
+    std::vector<float> s(size_t(bq * kKeys)), o(size_t(bq * dvp));
+    std::vector<float> m(static_cast<size_t>(bq)), l(static_cast<size_t>(bq));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < BH * nblocks; ++task) {
       const int64_t bh = task / nblocks, q0 = (task % nblocks) * bq, rows = std::min(bq, a.tq - q0);
@@ -264,36 +278,54 @@ void attention_f32(const AttentionArgs& a) {
       const float* q = a.q + b * a.q_sb + h * a.q_sh + q0 * a.q_st;
       const float* kp = pk.k.data() + bh * tkp * d;
       const float* vp = pk.v.data() + bh * tkp * dvp;
-#ifdef SD_X86
-      if (avx2)
-        qk_block_avx2(q, a.q_st, rows, kp, tkp, d, s.data());
-      else
-#endif
-        qk_block_ref(q, a.q_st, rows, kp, tkp, d, s.data());
-      int64_t kmax = 0;  // keys any row of this block attends to
-      for (int64_t i = 0; i < rows; ++i) {
-        const int64_t len = a.causal ? std::min(a.tk, q0 + i + 1) : a.tk;
-        kmax = std::max(kmax, len);
-#ifdef SD_X86
-        if (avx2)
-          inv[size_t(i)] = softmax_row_avx2(s.data() + i * tkp, len, tkp, a.scale);
-        else
-#endif
-          inv[size_t(i)] = softmax_row_ref(s.data() + i * tkp, len, tkp, a.scale);
-      }
+      std::fill(m.begin(), m.end(), -std::numeric_limits<float>::infinity());
+      std::fill(l.begin(), l.end(), 0.f);
       std::fill(o.begin(), o.end(), 0.f);
-      for (int64_t k0 = 0; k0 < kmax; k0 += kKeyBlock) {
-        const int64_t k1 = std::min(kmax, k0 + kKeyBlock);
+      const int64_t kmax = a.causal ? std::min(a.tk, q0 + rows) : a.tk;  // keys any row of the block sees
+      for (int64_t k0 = 0; k0 < kmax; k0 += kKeys) {
+        const int64_t nk = std::min(kKeys, kmax - k0), npanel = (nk + kPanel - 1) / kPanel, width = npanel * kPanel;
+        const float* kb = kp + (k0 / kPanel) * d * kPanel;
 #ifdef SD_X86
         if (avx2)
-          pv_block_avx2(s.data(), tkp, rows, vp, dvp, k0, k1, o.data());
+          qk_block_avx2(q, a.q_st, rows, kb, npanel, d, s.data(), kKeys);
         else
 #endif
-          pv_block_ref(s.data(), tkp, rows, vp, dvp, k0, k1, o.data());
+          qk_block_ref(q, a.q_st, rows, kb, npanel, d, s.data(), kKeys);
+        for (int64_t i = 0; i < rows; ++i) {
+          float* si = s.data() + i * kKeys;
+          const int64_t len = a.causal ? std::clamp<int64_t>(q0 + i + 1 - k0, 0, nk) : nk;
+          if (len == 0) {
+            std::fill(si, si + width, 0.f);
+            continue;
+          }
+#ifdef SD_X86
+          const float mx = avx2 ? row_max_avx2(si, len) : row_max_ref(si, len);
+#else
+          const float mx = row_max_ref(si, len);
+#endif
+          const float m_new = std::max(m[size_t(i)], mx);
+          const float alpha = std::exp((m[size_t(i)] - m_new) * a.scale);  // 0 on the first block
+#ifdef SD_X86
+          const float sum =
+              avx2 ? exp_row_avx2(si, len, width, m_new, a.scale) : exp_row_ref(si, len, width, m_new, a.scale);
+#else
+          const float sum = exp_row_ref(si, len, width, m_new, a.scale);
+#endif
+          l[size_t(i)] = l[size_t(i)] * alpha + sum;
+          m[size_t(i)] = m_new;
+          if (alpha != 1.f)
+            for (int64_t c = 0; c < dvp; ++c) o[size_t(i * dvp + c)] *= alpha;
+        }
+#ifdef SD_X86
+        if (avx2)
+          pv_block_avx2(s.data(), kKeys, rows, vp + k0 * dvp, dvp, 0, nk, o.data());
+        else
+#endif
+          pv_block_ref(s.data(), kKeys, rows, vp + k0 * dvp, dvp, 0, nk, o.data());
       }
       float* out = a.o + b * a.o_sb + h * a.o_sh + q0 * a.o_st;
       for (int64_t i = 0; i < rows; ++i) {
-        const float w = inv[size_t(i)];
+        const float w = 1.f / l[size_t(i)];
         for (int64_t c = 0; c < a.dv; ++c) out[i * a.o_st + c] = o[size_t(i * dvp + c)] * w;
       }
     }
