@@ -81,6 +81,9 @@ std::unique_ptr<StableDiffusion> StableDiffusion::load(const std::string& path, 
     // models need a config, as in diffusers).
   }
   if (info.layout != ModelLayout::Diffusers) {
+    // As diffusers' from_single_file: SD2 files are taken as SD2.1-768 (v-prediction); SD2-base
+    // (epsilon) needs the sidecar or the option. An A1111 sidecar <checkpoint>.yaml decides.
+    if (info.family == ModelFamily::SD2) sd->schedule_.prediction_type = "v_prediction";
     if (auto pt = sidecar_prediction_type(info.path)) sd->schedule_.prediction_type = *pt;
   }
   if (opt.scheduler_config_path) {

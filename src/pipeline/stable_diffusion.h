@@ -29,9 +29,10 @@ struct LoadOptions {
   // none (they get SD1.5's defaults), so a v-prediction single file needs this, as
   // diffusers' from_single_file needs a config.
   std::optional<std::string> scheduler_config_path;
-  // "epsilon" or "v_prediction", overriding both the scheduler config and the sidecar below.
-  // Single files say nothing about it; A1111 reads a <checkpoint>.yaml next to the file
-  // (`parameterization: "v"` for SD2-768-v models), and so does load() when it exists.
+  // "epsilon" or "v_prediction", overriding the scheduler config and the sidecar below. Single
+  // files say nothing about it: load() takes SD1 files as epsilon and SD2 files as v-prediction
+  // (SD2.1-768, as diffusers' from_single_file does), unless an A1111 sidecar <checkpoint>.yaml
+  // next to the file says `parameterization: "eps"` or `"v"`.
   std::optional<std::string> prediction_type;
   // A tokenizer folder (vocab.json, merges.txt, ...) to use instead of the model's own, or of
   // the bundled CLIP vocabulary that single files get (models with another vocabulary need it).

@@ -1,6 +1,7 @@
-// Prediction type of single-file checkpoints: an A1111 sidecar <checkpoint>.yaml
-// (`parameterization: "v"`) or LoadOptions::prediction_type (`--prediction-type`) makes the
-// v-prediction sd2-tiny single file give diffusers' image without a scheduler config.
+// Prediction type of single-file checkpoints without a scheduler config: SD2 files default to
+// v-prediction (diffusers' from_single_file), an A1111 sidecar <checkpoint>.yaml
+// (`parameterization: "eps"` / `"v"`) overrides that, LoadOptions::prediction_type
+// (`--prediction-type`) overrides both. Checked on the v-prediction sd2-tiny single file.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -74,17 +75,18 @@ TEST(PredictionType, MakesTheSd2SingleFileMatchDiffusers) {
   const fs::path ckpt = d / "sd2-tiny.safetensors";
   fs::copy_file(kRoot / "models" / "sd2-tiny.safetensors", ckpt);
 
-  // Without any hint the file is taken as epsilon: a different (wrong) image.
-  EXPECT_GT(worst_diff(StableDiffusion::load(ckpt.string(), o)->txt2img(r)[0].rgb, want), 2);
-  // The A1111 sidecar.
-  write(d / "sd2-tiny.yaml", "model:\n  params:\n    parameterization: \"v\"\n");
+  // Without any hint an SD2 file is taken as v-prediction (SD2.1-768), as diffusers does.
   EXPECT_LE(worst_diff(StableDiffusion::load(ckpt.string(), o)->txt2img(r)[0].rgb, want), 2);
-  // The explicit option wins over the sidecar.
-  o.prediction_type = "epsilon";
+  // An A1111 sidecar saying eps (SD2-base) makes it epsilon: a different image.
+  write(d / "sd2-tiny.yaml", "model:\n  params:\n    parameterization: \"eps\"\n");
   EXPECT_GT(worst_diff(StableDiffusion::load(ckpt.string(), o)->txt2img(r)[0].rgb, want), 2);
-  fs::remove(d / "sd2-tiny.yaml");
+  // The explicit option wins over the sidecar.
   o.prediction_type = "v_prediction";
   EXPECT_LE(worst_diff(StableDiffusion::load(ckpt.string(), o)->txt2img(r)[0].rgb, want), 2);
+  // A sidecar saying v, overridden by the option.
+  write(d / "sd2-tiny.yaml", "model:\n  params:\n    parameterization: \"v\"\n");
+  o.prediction_type = "epsilon";
+  EXPECT_GT(worst_diff(StableDiffusion::load(ckpt.string(), o)->txt2img(r)[0].rgb, want), 2);
   o.prediction_type = "sample";
   EXPECT_THROW(StableDiffusion::load(ckpt.string(), o), InvalidArgument);
   fs::remove_all(d);
