@@ -101,29 +101,38 @@ void pv_block_ref(const float* p, int64_t p_st, int64_t rows, const float* vp, i
 using simd::hmax;
 using simd::hsum;
 
-// s[MR][NP*8] = q[MR][d] . panels[NP][d][8]
-template <int MR, int NP>
-SD_AVX2 void qk_tile(const float* q, int64_t q_st, const float* kp, int64_t d, float* s, int64_t s_st) {
-  __m256 acc[MR][NP];
+// The register tile both products use: c[MR][NV*8] (+)= sum over k of a[i][k] * B_k, where
+// row i of a is a + i*a_st (k contiguous) and vector j of B_k is at b + k*b_kst + j*b_jst.
+// MR x NV accumulators stay in registers; kAccumulate loads c first instead of zeroing.
+template <int MR, int NV, bool kAccumulate>
+SD_AVX2 void rank1_tile(const float* a, int64_t a_st, const float* b, int64_t b_kst, int64_t b_jst, int64_t k, float* c,
+                        int64_t c_st) {
+  __m256 acc[MR][NV];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 16
-    for (int j = 0; j < NP; ++j) acc[i][j] = _mm256_setzero_ps();
-  for (int64_t e = 0; e < d; ++e) {
-    __m256 kv[NP];
+    for (int j = 0; j < NV; ++j) acc[i][j] = kAccumulate ? _mm256_loadu_ps(c + i * c_st + j * 8) : _mm256_setzero_ps();
+  for (int64_t e = 0; e < k; ++e) {
+    __m256 bv[NV];
 #pragma GCC unroll 16
-    for (int j = 0; j < NP; ++j) kv[j] = _mm256_loadu_ps(kp + j * d * kPanel + e * kPanel);
+    for (int j = 0; j < NV; ++j) bv[j] = _mm256_loadu_ps(b + e * b_kst + j * b_jst);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      const __m256 qb = _mm256_broadcast_ss(q + i * q_st + e);
+      const __m256 ab = _mm256_broadcast_ss(a + i * a_st + e);
 #pragma GCC unroll 16
-      for (int j = 0; j < NP; ++j) acc[i][j] = _mm256_fmadd_ps(qb, kv[j], acc[i][j]);
+      for (int j = 0; j < NV; ++j) acc[i][j] = _mm256_fmadd_ps(ab, bv[j], acc[i][j]);
     }
   }
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 16
-    for (int j = 0; j < NP; ++j) _mm256_storeu_ps(s + i * s_st + j * kPanel, acc[i][j]);
+    for (int j = 0; j < NV; ++j) _mm256_storeu_ps(c + i * c_st + j * 8, acc[i][j]);
+}
+
+// s[MR][NP*8] = q[MR][d] . panels[NP][d][8]
+template <int MR, int NP>
+SD_AVX2 void qk_tile(const float* q, int64_t q_st, const float* kp, int64_t d, float* s, int64_t s_st) {
+  rank1_tile<MR, NP, false>(q, q_st, kp, kPanel, d * kPanel, d, s, s_st);
 }
 
 template <int MR>
@@ -192,26 +201,7 @@ SD_AVX2 float exp_row_avx2(float* s, int64_t len, int64_t width, float mx, float
 template <int MR, int NV>
 SD_AVX2 void pv_tile(const float* p, int64_t p_st, const float* v, int64_t v_st, int64_t k0, int64_t k1, float* o,
                      int64_t o_st) {
-  __m256 acc[MR][NV];
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 16
-    for (int j = 0; j < NV; ++j) acc[i][j] = _mm256_loadu_ps(o + i * o_st + j * 8);
-  for (int64_t kk = k0; kk < k1; ++kk) {
-    __m256 vv[NV];
-#pragma GCC unroll 16
-    for (int j = 0; j < NV; ++j) vv[j] = _mm256_loadu_ps(v + kk * v_st + j * 8);
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      const __m256 pb = _mm256_broadcast_ss(p + i * p_st + kk);
-#pragma GCC unroll 16
-      for (int j = 0; j < NV; ++j) acc[i][j] = _mm256_fmadd_ps(pb, vv[j], acc[i][j]);
-    }
-  }
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 16
-    for (int j = 0; j < NV; ++j) _mm256_storeu_ps(o + i * o_st + j * 8, acc[i][j]);
+  rank1_tile<MR, NV, true>(p + k0, p_st, v + k0 * v_st, v_st, 8, k1 - k0, o, o_st);
 }
 
 template <int MR>

@@ -142,39 +142,18 @@ TEST_P(OpTest, EmbeddingGathersRows) {
 }
 
 TEST_P(OpTest, AttentionCausalAndFullMatchReference) {
-  // Includes a query length above the kernel's 256-row block to cover the block loop.
+  // Includes query lengths past several 64-row query blocks and 256-key blocks.
   for (auto [B, H, T, d, causal] :
        {std::tuple{1, 1, 1, 4, true}, {2, 3, 77, 8, true}, {1, 2, 300, 16, false}, {1, 2, 300, 8, true}}) {
     const Tensor q = rand({B, H, T, d}, 60), k = rand({B, H, T, d}, 61), v = rand({B, H, T, d}, 62);
-    const auto qv = stored(q), kv = stored(k), vv = stored(v);
-    std::vector<double> want(size_t(B * H * T * d));
-    const double scale = 1.0 / std::sqrt(double(d));
-    for (int bh = 0; bh < B * H; ++bh)
-      for (int i = 0; i < T; ++i) {
-        std::vector<double> s(static_cast<size_t>(T));
-        double mx = -INFINITY;
-        const int last = causal ? i : T - 1;
-        for (int j = 0; j <= last; ++j) {
-          double acc = 0;
-          for (int e = 0; e < d; ++e) acc += qv[size_t((bh * T + i) * d + e)] * kv[size_t((bh * T + j) * d + e)];
-          s[size_t(j)] = acc * scale;
-          mx = std::max(mx, s[size_t(j)]);
-        }
-        double sum = 0;
-        for (int j = 0; j <= last; ++j) sum += (s[size_t(j)] = std::exp(s[size_t(j)] - mx));
-        for (int e = 0; e < d; ++e) {
-          double acc = 0;
-          for (int j = 0; j <= last; ++j) acc += s[size_t(j)] / sum * vv[size_t((bh * T + j) * d + e)];
-          want[size_t((bh * T + i) * d + e)] = acc;
-        }
-      }
+    const auto want = attention_reference(stored(q), stored(k), stored(v), B * H, T, T, d, d, causal);
     check(ops::attention(q, k, v, causal), want, "attention T=" + std::to_string(T), 2);
   }
 }
 
 TEST_P(OpTest, AttentionCrossShapesMatchReference) {
   // Tq != Tk, dv != d, odd sizes, key counts that are not a multiple of the 8-key panel and
-  // pass the 512-key slab of the PV product, query counts past one query block.
+  // span several 256-key blocks, query counts past one 64-row query block.
   for (auto [B, H, Tq, Tk, d, dv] : {std::tuple{1, 1, 3, 1, 1, 1},
                                      {2, 3, 10, 77, 8, 8},
                                      {1, 2, 70, 13, 5, 11},
@@ -182,25 +161,7 @@ TEST_P(OpTest, AttentionCrossShapesMatchReference) {
                                      {2, 1, 9, 1030, 3, 17},
                                      {1, 2, 130, 64, 24, 33}}) {
     const Tensor q = rand({B, H, Tq, d}, 80), k = rand({B, H, Tk, d}, 81), v = rand({B, H, Tk, dv}, 82);
-    const auto qv = stored(q), kv = stored(k), vv = stored(v);
-    std::vector<double> want(size_t(B * H * Tq * dv));
-    const double scale = 1.0 / std::sqrt(double(d));
-    for (int bh = 0; bh < B * H; ++bh)
-      for (int i = 0; i < Tq; ++i) {
-        std::vector<double> s(static_cast<size_t>(Tk));
-        double mx = -INFINITY, sum = 0;
-        for (int j = 0; j < Tk; ++j) {
-          double acc = 0;
-          for (int e = 0; e < d; ++e) acc += qv[size_t((bh * Tq + i) * d + e)] * kv[size_t((bh * Tk + j) * d + e)];
-          mx = std::max(mx, s[size_t(j)] = acc * scale);
-        }
-        for (int j = 0; j < Tk; ++j) sum += (s[size_t(j)] = std::exp(s[size_t(j)] - mx));
-        for (int e = 0; e < dv; ++e) {
-          double acc = 0;
-          for (int j = 0; j < Tk; ++j) acc += s[size_t(j)] / sum * vv[size_t((bh * Tk + j) * dv + e)];
-          want[size_t((bh * Tq + i) * dv + e)] = acc;
-        }
-      }
+    const auto want = attention_reference(stored(q), stored(k), stored(v), B * H, Tq, Tk, d, dv, false);
     const Tensor got = ops::attention(q, k, v, false);
     EXPECT_EQ(got.shape(), (Shape{B, H, Tq, dv}));
     check(got, want, "attention Tq=" + std::to_string(Tq) + " Tk=" + std::to_string(Tk), 2);

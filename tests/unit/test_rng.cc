@@ -83,7 +83,7 @@ int check_golden(const nlohmann::json& doc, Make make, double tol) {
     auto gen = make(seed);
     std::string what = "seed " + std::to_string(seed) + ":";
     for (const auto& rec : c["calls"]) {
-      what += " " + shape_str(shape_of(rec["shape"]));
+      what.append(" ").append(shape_str(shape_of(rec["shape"])));
       check_call(gen->randn(shape_of(rec["shape"])), rec, tol, what);
       ++calls;
     }

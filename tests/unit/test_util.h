@@ -3,6 +3,7 @@
 #pragma once
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
@@ -71,6 +72,34 @@ inline double max_abs_diff(const Tensor& a, const Tensor& b) {
   double m = 0;
   for (size_t i = 0; i < x.size(); ++i) m = std::max(m, std::abs(double(x[i]) - double(y[i])));
   return m;
+}
+
+// Scaled dot-product attention in double: q [BH, Tq, d], k [BH, Tk, d], v [BH, Tk, dv], all
+// contiguous; scale 1/sqrt(d); causal lets query i see keys 0..i. Returns [BH, Tq, dv].
+template <typename T>
+std::vector<double> attention_reference(const std::vector<T>& q, const std::vector<T>& k, const std::vector<T>& v,
+                                        int BH, int Tq, int Tk, int d, int dv, bool causal) {
+  std::vector<double> out(size_t(BH) * Tq * dv);
+  const double scale = 1.0 / std::sqrt(double(d));
+  for (int bh = 0; bh < BH; ++bh)
+    for (int i = 0; i < Tq; ++i) {
+      const int last = causal ? std::min(i, Tk - 1) : Tk - 1;
+      std::vector<double> s(size_t(last + 1));
+      double mx = -INFINITY, sum = 0;
+      for (int j = 0; j <= last; ++j) {
+        double acc = 0;
+        for (int e = 0; e < d; ++e)
+          acc += double(q[size_t((bh * Tq + i) * d + e)]) * double(k[size_t((bh * Tk + j) * d + e)]);
+        mx = std::max(mx, s[size_t(j)] = acc * scale);
+      }
+      for (double& x : s) sum += (x = std::exp(x - mx));
+      for (int e = 0; e < dv; ++e) {
+        double acc = 0;
+        for (int j = 0; j <= last; ++j) acc += s[size_t(j)] / sum * double(v[size_t((bh * Tk + j) * dv + e)]);
+        out[size_t((bh * Tq + i) * dv + e)] = acc;
+      }
+    }
+  return out;
 }
 
 }  // namespace sdserve::test
