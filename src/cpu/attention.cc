@@ -40,7 +40,7 @@ void pack(const AttentionArgs& a, Packed& p) {
   p.dvp = round_up(a.dv, kPanel);
   p.k.assign(size_t(BH * p.tkp * d), 0.f);
   p.v.assign(size_t(BH * p.tkp * p.dvp), 0.f);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (BH * p.tkp * (d + p.dvp) > (int64_t(1) << 16))
   for (int64_t bh = 0; bh < BH; ++bh) {
     const int64_t b = bh / a.H, h = bh % a.H;
     const float* k = a.k + b * a.k_sb + h * a.k_sh;
@@ -257,7 +257,9 @@ void attention_f32(const AttentionArgs& a) {
   constexpr int64_t kRows = 64, kKeys = 256;
   const int64_t bq = std::min<int64_t>(kRows, a.tq), nblocks = (a.tq + bq - 1) / bq;
   const bool avx2 = have_avx2_fma();
-#pragma omp parallel
+  // Tiny problems (the test models, short text) are not worth waking the thread pool for.
+  const bool parallel = BH * a.tq * a.tk * (d + a.dv) > (int64_t(1) << 20);
+#pragma omp parallel if (parallel)
   {
     std::vector<float> s(size_t(bq * kKeys)), o(size_t(bq * dvp));
     std::vector<float> m(static_cast<size_t>(bq)), l(static_cast<size_t>(bq));
