@@ -21,29 +21,21 @@ with a deterministic fake UNet that C++ can evaluate exactly enough:
 Every draw from `g` has shape [1, 4, 8, 8] and comes from the same seed, so all cases read
 prefixes of ONE recorded stream ("noise_stream": draw 0 is the initial latent, the scheduler's
 draws follow).  DPM++ SDE ("DPMSolverSDEScheduler") draws its noise from a torchsde Brownian tree
-instead; its calls are recorded and converted to the standard-normal stream that sdserve's
-implementation consumes (see "DPM++ SDE" below), stored per case as "<id>.sde_noise".
+instead (no draws from `g`), seeded with noise_sampler_seed=SEED; sdserve rebuilds the same tree
+(src/pipeline/brownian.h) from Sampler::set_noise_seeds.
 
 Tensors (f32):  noise_stream [K,1,4,8,8]; finals [C,1,4,8,8] (case order); timesteps (all cases'
-                float32(scheduler.timesteps), concatenated); sde_noise [M,1,4,8,8] (DPM++ SDE cases,
-                concatenated); alphas_cumprod [1000] (SD1.5 betas: checks the C++ beta/cumprod code).
+                float32(scheduler.timesteps), concatenated); alphas_cumprod [1000] (SD1.5 betas:
+                checks the C++ beta/cumprod code).
 Metadata:       "configs": {name: scheduler_config.json dict}, parsed by ScheduleConfig::from_json;
                 "cases": JSON list of {sampler, schedule, steps, eta, config (a name in configs),
                 prediction_type, draws (generator draws after the initial latent), init_noise_sigma,
-                num_model_calls, ts_offset, [sde_offset, sde_count]}.
+                num_model_calls, ts_offset}.
 
 Euler a + Karras/Exponential: diffusers' EulerAncestralDiscreteScheduler has no such option; A1111
 runs k-diffusion's sample_euler_ancestral on the Karras/exponential sigmas.  The golden does the
 same: EulerAncestralDiscreteScheduler with sigmas/timesteps taken from EulerDiscreteScheduler built
 with use_karras_sigmas / use_exponential_sigmas.
-
-DPM++ SDE: the scheduler calls noise_sampler(s, s_mid) in the first and noise_sampler(s, s_next)
-in the second half of each step (Brownian increments over nested intervals, normalised).  sdserve
-draws z1, z2 ~ N(0,1) from its NoiseGenerator and forms W1 = z1*sqrt(|s-s_mid|),
-W2 = W1 + z2*sqrt(|s_mid-s_next|), returning W1/sqrt(|s-s_mid|) and W2/sqrt(|s-s_next|): the same
-joint law as the tree.  The golden records the tree's outputs n1, n2 and stores the z stream that
-reproduces them: z1 = n1, z2 = (n2*sqrt(|s-s_next|) - n1*sqrt(|s-s_mid|)) / sqrt(|s_mid-s_next|)
-(float64, then float32).
 
 Usage: python tools/make_sampler_goldens.py   (~20 s; needs torchsde for DPM++ SDE)
 """
@@ -108,7 +100,7 @@ SAMPLERS = {
     "DPM2 a": (KDPM2AncestralDiscreteScheduler, {}),
     "DPM++ 2M": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
     "DPM++ 2M SDE": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
-    "DPM++ SDE": (DPMSolverSDEScheduler, {}),
+    "DPM++ SDE": (DPMSolverSDEScheduler, {"noise_sampler_seed": SEED}),
     "LMS": (LMSDiscreteScheduler, {}),
     "DDIM": (DDIMScheduler, {}),
     "PLMS": (PNDMScheduler, {"skip_prk_steps": True}),
@@ -151,31 +143,6 @@ class Recorder:
                 mod.randn_tensor = rec
 
 
-class SdeRecorder:
-    def __init__(self, inner):
-        self.inner = inner
-        self.calls = []  # (sigma_a, sigma_b, output)
-
-    def __call__(self, a, b):
-        out = self.inner(a, b)
-        self.calls.append((float(a), float(b), out.clone()))
-        return out
-
-
-def sde_z_stream(calls):
-    zs = []
-    assert len(calls) % 2 == 0
-    for (a1, b1, n1), (a2, b2, n2) in zip(calls[0::2], calls[1::2]):
-        assert a1 == a2, (a1, a2)  # both halves start at the step's sigma
-        d1 = abs(a1 - b1)
-        d2 = abs(a2 - b2)
-        dm = abs(b1 - b2)
-        n1d, n2d = n1.double(), n2.double()
-        z2 = (n2d * np.sqrt(d2) - n1d * np.sqrt(d1)) / np.sqrt(dm)
-        zs += [n1.float(), z2.float()]
-    return zs
-
-
 def make_scheduler(sampler: str, schedule: str, config: dict):
     cls, kw = SAMPLERS[sampler]
     cfg = {**config, **kw, **SCHEDULES[schedule]}
@@ -204,13 +171,6 @@ def run_case(sampler, schedule, prediction, steps, eta, base_name):
     x = torch.randn(SHAPE, generator=g, dtype=torch.float32)
     init_sigma = sched.init_noise_sigma
     x = x * init_sigma
-    sde = None
-    if sampler == "DPM++ SDE":
-        from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler
-
-        smin, smax = sched.sigmas[sched.sigmas > 0].min(), sched.sigmas.max()
-        sde = SdeRecorder(BrownianTreeNoiseSampler(x, smin.item(), smax.item(), seed=SEED))
-        sched.noise_sampler = sde
     step_params = inspect.signature(sched.step).parameters
     for t in sched.timesteps:
         xs = sched.scale_model_input(x, t)
@@ -233,8 +193,6 @@ def run_case(sampler, schedule, prediction, steps, eta, base_name):
         "num_model_calls": len(sched.timesteps),
     }
     tensors = {"final": x.clone(), "timesteps": sched.timesteps.to(torch.float32).clone()}
-    if sde is not None:
-        tensors["sde_noise"] = torch.stack(sde_z_stream(sde.calls))
     return case, tensors
 
 
@@ -247,7 +205,7 @@ def main():
                 if schedule not in ONLY.get(sampler, SCHEDULES):
                     continue
                 for steps in (4, 7):
-                    # DPM++ SDE stores its own noise per case: keep the fixture small.
+                    # (DPM++ SDE used to store its noise per case; the case list is kept.)
                     if sampler == "DPM++ SDE" and steps == 7 and prediction != "epsilon":
                         continue
                     runs.append((sampler, schedule, prediction, steps, 0.0, "sd15"))
@@ -272,20 +230,15 @@ def main():
     ]:
         runs.append((sampler, schedule, "epsilon", 20, 0.0, "sd15"))
 
-    cases, finals, timesteps, sde_noise = [], [], [], []
+    cases, finals, timesteps = [], [], []
     max_draws = 0
-    n_ts = n_sde = 0
+    n_ts = 0
     for i, (sampler, schedule, prediction, steps, eta, base) in enumerate(runs):
         case, ts = run_case(sampler, schedule, prediction, steps, eta, base)
         case["ts_offset"] = n_ts
         n_ts += len(ts["timesteps"])
         timesteps.append(ts["timesteps"])
         finals.append(ts["final"])
-        if "sde_noise" in ts:
-            case["sde_offset"] = n_sde
-            case["sde_count"] = len(ts["sde_noise"])
-            n_sde += len(ts["sde_noise"])
-            sde_noise.append(ts["sde_noise"])
         cases.append(case)
         max_draws = max(max_draws, case["draws"])
 
@@ -294,7 +247,6 @@ def main():
         "noise_stream": torch.stack([torch.randn(SHAPE, generator=g) for _ in range(max_draws + 1)]),
         "finals": torch.stack(finals),
         "timesteps": torch.cat(timesteps),
-        "sde_noise": torch.cat(sde_noise),
         "alphas_cumprod": EulerDiscreteScheduler.from_config(SD15).alphas_cumprod.clone(),
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,9 @@ The sampler -> scheduler mapping (class, options, schedule-type options, the Eul
 Karras/Exponential construction and the pairs sdserve refuses) is imported from
 tools/make_sampler_goldens.py, so both fixtures follow docs/SAMPLERS.md in one place.
 
-DPM++ SDE is left out: diffusers draws its noise from a torchsde Brownian tree and sdserve, by
-design, from its NoiseGenerator (docs/SAMPLERS.md), so the images differ for the same seed.
+DPM++ SDE: diffusers draws its noise from a torchsde Brownian tree seeded with the scheduler's
+noise_sampler_seed (random when unset). sdserve, like A1111, seeds it with the image seed, so the
+golden sets noise_sampler_seed=SEED (docs/SAMPLERS.md, "DPM++ SDE and its Brownian noise").
 
 Tensors: "<sampler>|<schedule>" -> uint8 [H, W, 3].
 Metadata: prompt, negative_prompt, steps, lcm_steps, seed, cfg, width, height, model,
@@ -57,8 +58,8 @@ SEED = 1234
 SIZE = 32
 # (width, height) where not SIZE x SIZE: odd-tiny is non-square and smaller (fixture size budget).
 SIZES = {"odd-tiny": (24, 16)}
-# Not pixel-compared: different (by design) Brownian noise, see the module docstring.
-EXCLUDED = {"DPM++ SDE"}
+# Samplers left out of the goldens (none at present; kept in the metadata as "excluded").
+EXCLUDED: set[str] = set()
 
 
 def cases():
@@ -81,6 +82,9 @@ def run_model(name: str) -> None:
     tensors, meta_cases = {}, []
     for sampler, schedule, steps in cases():
         pipe.scheduler, _ = msg.make_scheduler(sampler, schedule, base)
+        if sampler == "DPM++ SDE":
+            # The Brownian tree's seed is the image seed, as in A1111 (and sdserve).
+            pipe.scheduler = type(pipe.scheduler).from_config({**pipe.scheduler.config, "noise_sampler_seed": SEED})
         out = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=CFG,
                    height=height, width=width, generator=torch.Generator("cpu").manual_seed(SEED),
                    output_type="np").images

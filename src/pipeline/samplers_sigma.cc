@@ -6,6 +6,7 @@
 #include <cmath>
 #include <deque>
 
+#include "pipeline/brownian.h"
 #include "pipeline/samplers_internal.h"
 
 #if defined(__clang__)
@@ -337,11 +338,10 @@ class LMSSampler : public Sampler {
 
 // ---------------------------------------------------------------- DPM++ SDE
 
-// diffusers' DPMSolverSDEScheduler, whose noise comes from a torchsde Brownian tree: the first
-// half of a step takes the increment over [sigma_mid, sigma], the second the one over
-// [sigma_next, sigma], which contains it. We draw the two independent pieces from the
-// NoiseGenerator instead (z1 over [sigma_mid, sigma], z2 over [sigma_next, sigma_mid]) and sum
-// them, which gives the same joint distribution; see docs/SAMPLERS.md.
+// diffusers' DPMSolverSDEScheduler. Its noise comes from a torchsde Brownian tree over
+// [min sigma, max sigma] (pipeline/brownian.h): the first half of a step takes the normalised
+// increment over [sigma_mid, sigma], the second the one over [sigma_next, sigma]. One tree per
+// batch item, seeded with that item's seed (Sampler::set_noise_seeds); see docs/SAMPLERS.md.
 class DPMSDESampler : public Sampler {
  public:
   DPMSDESampler(const Train& tr, int n) : v_pred_(tr.v_pred) {
@@ -384,7 +384,7 @@ class DPMSDESampler : public Sampler {
     return h;
   }
 
-  void step_impl(const Vec& m, size_t i, const Vec& x, const Shape& shape, NoiseGenerator& rng, Vec& out) override {
+  void step_impl(const Vec& m, size_t i, const Vec& x, const Shape& shape, NoiseGenerator&, Vec& out) override {
     const bool first = i % 2 == 0;
     const float sigma = first ? sigmas_[i] : sigmas_[i - 1];
     const float sigma_next = first ? sigmas_[i + 1] : sigmas_[i];
@@ -405,34 +405,46 @@ class DPMSDESampler : public Sampler {
     const float ancestral_t = -std::log(sigma_down);
     const float c_sample = std::exp(-ancestral_t) / std::exp(-h.t);
     const float c_pred = std::expm1(h.t - ancestral_t);
-    const Vec z = randn(rng, shape, x.size());
-    // Normalised Brownian increment over [sigma_to, sigma_from].
-    Vec noise(x.size());
-    const double a = sigma_from, b = sigma_to;
-    if (first) {
-      z1_ = z;
-      d1_ = std::abs(a - b);
-      noise = z;
-    } else {
-      const double dm = std::abs(double(mid_) - b), d2 = std::abs(a - b);
-      for (size_t k = 0; k < x.size(); ++k)
-        noise[k] = float((double(z1_[k]) * std::sqrt(d1_) + double(z[k]) * std::sqrt(dm)) / std::sqrt(d2));
-    }
+    // self.noise_sampler(sigma_fn(t), sigma_fn(t_next)): the normalised Brownian increment.
+    const Vec noise = brownian_noise(shape, x.size(), sigma_from, sigma_to);
     for (size_t k = 0; k < x.size(); ++k) {
       out[k] = c_sample * base[k] - c_pred * pred[k];
       out[k] = out[k] + noise[k] * 1.0f * sigma_up;
     }
-    if (first) {
-      sample_ = x;
-      mid_ = std::exp(-t_next);
-    }
+    if (first) sample_ = x;
   }
 
  private:
+  // BrownianTreeNoiseSampler(sample, min(sigmas > 0), max(sigmas), seed), created at the first
+  // use, per batch item over sample.shape[1:] (diffusers with a list of seeds; k-diffusion's
+  // BrownianTreeNoiseSampler as A1111 calls it).
+  Vec brownian_noise(const Shape& shape, size_t numel, float sigma, float sigma_next) {
+    if (trees_.empty()) {
+      SD_CHECK_ARG(!shape.empty() && noise_seeds_.size() == size_t(shape[0]),
+                   "DPM++ SDE: needs one Brownian-tree seed per batch item (Sampler::set_noise_seeds), got " +
+                       std::to_string(noise_seeds_.size()) + " for a batch of " +
+                       std::to_string(shape.empty() ? 0 : shape[0]));
+      float smin = INFINITY, smax = -INFINITY;
+      for (float s : sigmas_) {
+        if (s > 0 && s < smin) smin = s;
+        if (s > smax) smax = s;
+      }
+      const Shape item(shape.begin() + 1, shape.end());
+      for (uint64_t seed : noise_seeds_)
+        trees_.push_back(std::make_unique<BrownianTreeNoiseSampler>(smin, smax, item, seed, noise_kind_));
+    }
+    Vec noise;
+    noise.reserve(numel);
+    for (auto& tree : trees_) {
+      const Vec part = (*tree)(sigma, sigma_next);
+      noise.insert(noise.end(), part.begin(), part.end());
+    }
+    return noise;
+  }
+
   bool v_pred_;
-  Vec sample_, z1_;
-  double d1_ = 0;
-  float mid_ = 0;
+  Vec sample_;
+  std::vector<std::unique_ptr<BrownianTreeNoiseSampler>> trees_;
 };
 
 }  // namespace

@@ -9,9 +9,11 @@
 //   for (size_t i = 0; i < s->num_model_calls(); ++i)
 //     x = s->step(unet(s->scale_model_input(x, i), s->timesteps()[i]), i, x, rng);
 #pragma once
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json_fwd.hpp>
@@ -100,6 +102,16 @@ class Sampler {
   // samplers keep state between them). Draws from `rng` only where diffusers draws.
   Tensor step(const Tensor& model_output, size_t i, const Tensor& sample, NoiseGenerator& rng);
 
+  // DPM++ SDE draws its noise from Brownian trees (torchsde's, as diffusers and k-diffusion do),
+  // one per batch item, seeded with that item's seed - A1111 passes the image seeds; diffusers
+  // matches with noise_sampler_seed=seed (or the list of seeds for a batch). `kind` selects the
+  // generator that draws the trees' normals (torch's CPU or CUDA one). DPM++ SDE's step() throws
+  // InvalidArgument unless this was called with one seed per batch item; other samplers ignore it.
+  void set_noise_seeds(RngKind kind, std::vector<uint64_t> seeds) {
+    noise_kind_ = kind;
+    noise_seeds_ = std::move(seeds);
+  }
+
   // The sigma schedule, where the sampler has one (empty for DDIM, PLMS, LCM); for inspection.
   const std::vector<float>& sigmas() const { return sigmas_; }
 
@@ -117,6 +129,8 @@ class Sampler {
   std::vector<float> sigmas_;
   float init_noise_sigma_ = 1.0f;
   size_t next_call_ = 0;
+  RngKind noise_kind_ = RngKind::CPU;
+  std::vector<uint64_t> noise_seeds_;
 };
 
 }  // namespace sdserve

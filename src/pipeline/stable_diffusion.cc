@@ -193,6 +193,7 @@ std::vector<GeneratedImage> StableDiffusion::txt2img(const GenerateRequest& req,
   so.steps = req.steps;
   so.eta = req.eta;
   auto sampler = Sampler::create(so, schedule_);
+  sampler->set_noise_seeds(req.rng, std::vector<uint64_t>(seeds.begin(), seeds.end()));
   PerImageNoise noise(req.rng, seeds);
   const int64_t lc = unet_->config().in_channels;
   Tensor latents = noise.randn({n, lc, req.height / vae_scale_, req.width / vae_scale_});

@@ -21,6 +21,7 @@ namespace fs = std::filesystem;
 const fs::path kGolden =
     fs::path(SDSERVE_SOURCE_DIR) / "tests" / "fixtures" / "golden" / "samplers" / "samplers.safetensors";
 const Shape kShape = {1, 4, 8, 8};
+constexpr uint64_t kSeed = 1234;  // SEED of the golden script
 constexpr size_t kNumel = 256;
 
 // Replays recorded torch.randn draws; fails the test if the sampler draws more than recorded.
@@ -48,7 +49,7 @@ Tensor fake_model(const Tensor& xs, float t) {
 }
 
 struct Golden {
-  std::vector<float> noise_stream, finals, timesteps, sde_noise, alphas_cumprod;
+  std::vector<float> noise_stream, finals, timesteps, alphas_cumprod;
   nlohmann::json cases, configs;
 };
 
@@ -59,7 +60,6 @@ const Golden& golden() {
     g.noise_stream = f.get_as("noise_stream", DType::F32).to_vector();
     g.finals = f.get_as("finals", DType::F32).to_vector();
     g.timesteps = f.get_as("timesteps", DType::F32).to_vector();
-    g.sde_noise = f.get_as("sde_noise", DType::F32).to_vector();
     g.alphas_cumprod = f.get_as("alphas_cumprod", DType::F32).to_vector();
     g.cases = nlohmann::json::parse(f.metadata().at("cases"));
     g.configs = nlohmann::json::parse(f.metadata().at("configs"));
@@ -112,17 +112,12 @@ CaseResult run_case(const nlohmann::json& c, size_t index) {
     return r;
   }
 
+  // DPM++ SDE's noise comes from its Brownian tree, seeded like the golden's noise sampler; it
+  // draws nothing from the generator (draws == 0).
+  s->set_noise_seeds(RngKind::CPU, {kSeed});
   std::vector<std::vector<float>> draws;
-  size_t expected_draws;
-  if (c.contains("sde_offset")) {
-    draws.push_back(chunk(g.noise_stream, 0));
-    const size_t off = c.at("sde_offset"), count = c.at("sde_count");
-    for (size_t k = 0; k < count; ++k) draws.push_back(chunk(g.sde_noise, off + k));
-    expected_draws = 1 + count;
-  } else {
-    expected_draws = 1 + size_t(c.at("draws"));
-    for (size_t k = 0; k < expected_draws; ++k) draws.push_back(chunk(g.noise_stream, k));
-  }
+  const size_t expected_draws = 1 + size_t(c.at("draws"));
+  for (size_t k = 0; k < expected_draws; ++k) draws.push_back(chunk(g.noise_stream, k));
   ReplayNoise rng(std::move(draws));
 
   Tensor noise = rng.randn(kShape);
@@ -185,7 +180,13 @@ TEST(Samplers, MatchDiffusers) {
     EXPECT_TRUE(r.ok) << r.label << ": " << r.error;
     if (!r.ok) continue;
     EXPECT_LE(r.ts_err, 2e-3) << r.label;
-    EXPECT_LE(rel, 1e-5) << r.label << ": max abs error " << r.final_err << " (scale " << r.scale << ")";
+    // DPM++ SDE: the Brownian tree quantises its query times to 1e-6 (torchsde's tol), and the
+    // sigmas it is queried at go through exp(-(-log(sigma))) in torch, whose CPU exp/log (MKL
+    // VML) are not correctly rounded. One ulp of difference there can move a query to the
+    // neighbouring grid point, changing the increment by ~N(0, 1e-6). The tree itself is checked
+    // bit for bit in test_brownian.cc.
+    const double tol = g.cases[i].at("sampler") == "DPM++ SDE" ? 2e-3 : 1e-5;
+    EXPECT_LE(rel, tol) << r.label << ": max abs error " << r.final_err << " (scale " << r.scale << ")";
     const std::string key = g.cases[i].at("sampler").get<std::string>();
     worst_by_sampler[key] = std::max(worst_by_sampler[key], rel);
   }
