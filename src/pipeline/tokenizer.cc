@@ -1209,6 +1209,11 @@ std::string normalize(std::string_view utf8) {
 // CPython's UTF-8 decoder with errors="replace": a valid sequence gives its code point; otherwise the
 // maximal prefix of a valid sequence (lead byte plus in-range continuation bytes) becomes one U+FFFD,
 // and decoding resumes at the first byte that did not fit.
+bool unicode_is_alnum(char32_t c) {
+  const uint8_t cls = char_class(c);
+  return cls == ut::kLetter || cls == ut::kNumber;
+}
+
 std::u32string decode_utf8_lossy(std::string_view bytes) {
   std::u32string out;
   out.reserve(bytes.size());

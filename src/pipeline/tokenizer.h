@@ -53,6 +53,8 @@ namespace tokenizer_detail {
 // lossy UTF-8 decoder.
 std::string normalize(std::string_view utf8);
 std::u32string decode_utf8_lossy(std::string_view bytes);
+// Unicode letter or number (the tokenizer's \p{L} / \p{N} classes).
+bool unicode_is_alnum(char32_t c);
 }  // namespace tokenizer_detail
 
 }  // namespace sdserve
