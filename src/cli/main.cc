@@ -141,12 +141,7 @@ int cmd_generate(GenerateArgs& a) {
   const auto t0 = std::chrono::steady_clock::now();
   a.req.rng = sd::parse_rng(a.rng);
   sd::validate_request(a.req);  // bad sizes, steps or sampler names fail before loading anything
-  if (a.load.prediction_type && *a.load.prediction_type != "epsilon" && *a.load.prediction_type != "v_prediction")
-    throw sd::InvalidArgument("--prediction-type must be epsilon or v_prediction, got \"" + *a.load.prediction_type +
-                              "\"");
-  if (a.load.scheduler_config_path && !std::filesystem::is_regular_file(*a.load.scheduler_config_path))
-    throw sd::NotFoundError("scheduler config not found: " + *a.load.scheduler_config_path);
-  const auto model = sd::StableDiffusion::load(a.model, a.load);
+  const auto model = sd::StableDiffusion::load(a.model, a.load);  // checks a.load before reading the model
   model->validate(a.req);
   const bool tty = isatty(STDERR_FILENO);
   const auto start = std::chrono::steady_clock::now();
@@ -242,7 +237,8 @@ int main(int argc, char** argv) {
   generate->add_option("--eta", gen.req.eta, "DDIM eta (default 0)");
   generate->add_option("--prediction-type", gen.load.prediction_type,
                        "epsilon or v_prediction (default: the model's scheduler config; single files: a "
-                       "<checkpoint>.yaml with A1111's 'parameterization', else epsilon)");
+                       "<checkpoint>.yaml with A1111's 'parameterization', else epsilon for SD1, "
+                       "v_prediction for SD2)");
   generate->add_option("--scheduler-config", gen.load.scheduler_config_path,
                        "a diffusers scheduler_config.json to use instead of the model's own");
   generate->add_flag("--vae-tiling", gen.req.vae_tiling,

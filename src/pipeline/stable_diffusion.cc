@@ -1,9 +1,8 @@
 #include "pipeline/stable_diffusion.h"
 
 #include <cctype>
-#include <fstream>
-
 #include <cmath>
+#include <fstream>
 #include <limits>
 #include <random>
 
@@ -43,6 +42,12 @@ Tensor repeat_batch(const Tensor& t, int64_t n) {
 }  // namespace
 
 std::unique_ptr<StableDiffusion> StableDiffusion::load(const std::string& path, const LoadOptions& opt) {
+  // Bad options fail before any file is read.
+  if (opt.prediction_type)
+    SD_CHECK_ARG(*opt.prediction_type == "epsilon" || *opt.prediction_type == "v_prediction",
+                 "prediction type must be epsilon or v_prediction, got \"" + *opt.prediction_type + "\"");
+  if (opt.scheduler_config_path && !std::filesystem::is_regular_file(*opt.scheduler_config_path))
+    throw NotFoundError("scheduler config not found: " + *opt.scheduler_config_path);
   auto sd = std::make_unique<StableDiffusion>();
   sd->files_ = std::make_unique<ModelFiles>(ModelFiles::open(path));
   const ModelFiles& m = *sd->files_;
@@ -77,25 +82,14 @@ std::unique_ptr<StableDiffusion> StableDiffusion::load(const std::string& path, 
     vcfg = infer_vae_config_ldm(vsrc, opt.ldm.norm_num_groups);
     usrc = usrc.with_renames(std::make_shared<const NameMap>(unet_ldm_name_map(ucfg)));
     vsrc = vsrc.with_renames(std::make_shared<const NameMap>(vae_ldm_name_map(vcfg)));
-    // Single files carry no scheduler config: SD1.5 / SD2 defaults (epsilon; v-prediction
-    // models need a config, as in diffusers).
-  }
-  if (info.layout != ModelLayout::Diffusers) {
-    // As diffusers' from_single_file: SD2 files are taken as SD2.1-768 (v-prediction); SD2-base
-    // (epsilon) needs the sidecar or the option. An A1111 sidecar <checkpoint>.yaml decides.
+    // Single files carry no scheduler config: SD1.5's, with the prediction type diffusers'
+    // from_single_file assumes (SD2 files are SD2.1-768, v-prediction; SD2-base needs the
+    // sidecar or the option), unless an A1111 sidecar <checkpoint>.yaml says otherwise.
     if (info.family == ModelFamily::SD2) sd->schedule_.prediction_type = "v_prediction";
     if (auto pt = sidecar_prediction_type(info.path)) sd->schedule_.prediction_type = *pt;
   }
-  if (opt.scheduler_config_path) {
-    const std::filesystem::path sp(*opt.scheduler_config_path);
-    if (!std::filesystem::is_regular_file(sp)) throw NotFoundError("scheduler config not found: " + sp.string());
-    sd->schedule_ = ScheduleConfig::from_json(read_json_file(sp));
-  }
-  if (opt.prediction_type) {
-    SD_CHECK_ARG(*opt.prediction_type == "epsilon" || *opt.prediction_type == "v_prediction",
-                 "prediction type must be epsilon or v_prediction, got \"" + *opt.prediction_type + "\"");
-    sd->schedule_.prediction_type = *opt.prediction_type;
-  }
+  if (opt.scheduler_config_path) sd->schedule_ = ScheduleConfig::from_json(read_json_file(*opt.scheduler_config_path));
+  if (opt.prediction_type) sd->schedule_.prediction_type = *opt.prediction_type;
   sd->unet_ = std::make_unique<UNet>(UNet::load(ucfg, usrc, opt.dtype));
   sd->vae_ = std::make_unique<VAE>(VAE::load(vcfg, vsrc, opt.dtype));
   sd->vae_scale_ = 1 << (vcfg.block_out_channels.size() - 1);
