@@ -84,11 +84,10 @@ float exp_row_ref(float* s, int64_t len, int64_t width, float mx, float scale) {
   return sum;
 }
 
-// o[i] += p[i][k0:k1] . v[k0:k1] for each row; rows of p are p_st apart.
-void pv_block_ref(const float* p, int64_t p_st, int64_t rows, const float* vp, int64_t dvp, int64_t k0, int64_t k1,
-                  float* o) {
+// o[i] += p[i][0:nk] . v[0:nk] for each row; rows of p are p_st apart.
+void pv_block_ref(const float* p, int64_t p_st, int64_t rows, const float* vp, int64_t dvp, int64_t nk, float* o) {
   for (int64_t i = 0; i < rows; ++i)
-    for (int64_t kk = k0; kk < k1; ++kk) {
+    for (int64_t kk = 0; kk < nk; ++kk) {
       const float pv = p[i * p_st + kk];
       const float* vr = vp + kk * dvp;
       for (int64_t c = 0; c < dvp; ++c) o[i * dvp + c] += pv * vr[c];
@@ -197,36 +196,34 @@ SD_AVX2 float exp_row_avx2(float* s, int64_t len, int64_t width, float mx, float
   return sum;
 }
 
-// o[MR][NV*8] += p[MR][k0:k1] . v[k0:k1][NV*8]
+// o[MR][NV*8] += p[MR][0:nk] . v[0:nk][NV*8]
 template <int MR, int NV>
-SD_AVX2 void pv_tile(const float* p, int64_t p_st, const float* v, int64_t v_st, int64_t k0, int64_t k1, float* o,
-                     int64_t o_st) {
-  rank1_tile<MR, NV, true>(p + k0, p_st, v + k0 * v_st, v_st, 8, k1 - k0, o, o_st);
+SD_AVX2 void pv_tile(const float* p, int64_t p_st, const float* v, int64_t v_st, int64_t nk, float* o, int64_t o_st) {
+  rank1_tile<MR, NV, true>(p, p_st, v, v_st, 8, nk, o, o_st);
 }
 
 template <int MR>
-SD_AVX2 void pv_rows(const float* p, int64_t p_st, const float* v, int64_t dvp, int64_t k0, int64_t k1, float* o) {
+SD_AVX2 void pv_rows(const float* p, int64_t p_st, const float* v, int64_t dvp, int64_t nk, float* o) {
   const int64_t nvec = dvp / 8;
   int64_t c = 0;
-  for (; c + 3 <= nvec; c += 3) pv_tile<MR, 3>(p, p_st, v + c * 8, dvp, k0, k1, o + c * 8, dvp);
-  if (nvec - c == 2) pv_tile<MR, 2>(p, p_st, v + c * 8, dvp, k0, k1, o + c * 8, dvp);
-  if (nvec - c == 1) pv_tile<MR, 1>(p, p_st, v + c * 8, dvp, k0, k1, o + c * 8, dvp);
+  for (; c + 3 <= nvec; c += 3) pv_tile<MR, 3>(p, p_st, v + c * 8, dvp, nk, o + c * 8, dvp);
+  if (nvec - c == 2) pv_tile<MR, 2>(p, p_st, v + c * 8, dvp, nk, o + c * 8, dvp);
+  if (nvec - c == 1) pv_tile<MR, 1>(p, p_st, v + c * 8, dvp, nk, o + c * 8, dvp);
 }
 
-SD_AVX2 void pv_block_avx2(const float* p, int64_t p_st, int64_t rows, const float* vp, int64_t dvp, int64_t k0,
-                           int64_t k1, float* o) {
-  const int64_t tkp = p_st;
+SD_AVX2 void pv_block_avx2(const float* p, int64_t p_st, int64_t rows, const float* vp, int64_t dvp, int64_t nk,
+                           float* o) {
   int64_t i = 0;
-  for (; i + 4 <= rows; i += 4) pv_rows<4>(p + i * tkp, tkp, vp, dvp, k0, k1, o + i * dvp);
+  for (; i + 4 <= rows; i += 4) pv_rows<4>(p + i * p_st, p_st, vp, dvp, nk, o + i * dvp);
   switch (rows - i) {
     case 3:
-      pv_rows<3>(p + i * tkp, tkp, vp, dvp, k0, k1, o + i * dvp);
+      pv_rows<3>(p + i * p_st, p_st, vp, dvp, nk, o + i * dvp);
       break;
     case 2:
-      pv_rows<2>(p + i * tkp, tkp, vp, dvp, k0, k1, o + i * dvp);
+      pv_rows<2>(p + i * p_st, p_st, vp, dvp, nk, o + i * dvp);
       break;
     case 1:
-      pv_rows<1>(p + i * tkp, tkp, vp, dvp, k0, k1, o + i * dvp);
+      pv_rows<1>(p + i * p_st, p_st, vp, dvp, nk, o + i * dvp);
       break;
     default:
       break;
@@ -310,10 +307,10 @@ void attention_f32(const AttentionArgs& a) {
         }
 #ifdef SD_X86
         if (avx2)
-          pv_block_avx2(s.data(), kKeys, rows, vp + k0 * dvp, dvp, 0, nk, o.data());
+          pv_block_avx2(s.data(), kKeys, rows, vp + k0 * dvp, dvp, nk, o.data());
         else
 #endif
-          pv_block_ref(s.data(), kKeys, rows, vp + k0 * dvp, dvp, 0, nk, o.data());
+          pv_block_ref(s.data(), kKeys, rows, vp + k0 * dvp, dvp, nk, o.data());
       }
       float* out = a.o + b * a.o_sb + h * a.o_sh + q0 * a.o_st;
       for (int64_t i = 0; i < rows; ++i) {

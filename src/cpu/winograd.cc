@@ -7,11 +7,13 @@
 // time goes. Layers with few tiles or channels keep the direct convolution (the transforms would
 // not pay for themselves).
 //
-// Work is split into chunks of whole tile rows of one image. A thread takes a chunk, copies its
-// input rows to a zero-padded channels-last buffer, transforms the tiles, runs the 36 GEMMs
-// single-threaded (oneDNN's sgemm goes serial inside an OpenMP region) and transforms back,
-// all in thread-local buffers sized to stay in cache. The transformed weights are computed
-// once per call from the OIHW weights, shared read-only by all threads.
+// A layer is done in chunks of whole tile rows of one image, sized so the transformed input
+// and output (36 x tiles x channels each) stay in the last-level cache, in three phases spread
+// over the OpenMP threads: (1) tile rows copied to a zero-padded channels-last buffer and
+// transformed, (2) the 36 GEMMs, one per task, each serial (oneDNN's sgemm goes serial inside
+// an OpenMP region), (3) the output transform plus bias. The transformed weights are made on
+// every call from the OIHW weights, at most ~128 MiB of output channels at a time. Workspaces
+// are thread-local and reused across calls.
 //
 // fp32 error: F(4x4, 3x3) with the points 0, +-1, +-2 is known to lose about 2-3 bits against
 // direct convolution; the unit tests bound it against a double-precision reference.
@@ -24,6 +26,7 @@
 
 #include "core/error.h"
 #include "cpu/conv.h"
+#include "cpu/gemm.h"
 
 #ifdef SDSERVE_WITH_ONEDNN
 #include <dnnl.h>
@@ -123,37 +126,29 @@ void transform_weights(const Conv2dParams& p, const float* wt, int64_t ob, int64
     }
 }
 
+// Serial inside the parallel region with oneDNN. conv2d_f32 only takes this path in oneDNN
+// builds; elsewhere (direct calls) the generic sgemm serves.
 void gemm_serial(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
                  int64_t ldc) {
 #ifdef SDSERVE_WITH_ONEDNN
   const dnnl_status_t st = dnnl_sgemm('N', 'N', m, n, k, 1.f, a, lda, b, ldb, 0.f, c, ldc);
   if (st != dnnl_success) throw InternalError("oneDNN sgemm failed with status " + std::to_string(int(st)));
 #else
-  for (int64_t i = 0; i < m; ++i) {
-    float* cr = c + i * ldc;
-    std::fill(cr, cr + n, 0.f);
-    for (int64_t q = 0; q < k; ++q) {
-      const float av = a[i * lda + q];
-      const float* br = b + q * ldb;
-      for (int64_t j = 0; j < n; ++j) cr[j] += av * br[j];
-    }
-  }
+  sgemm(false, false, m, n, k, 1.f, a, lda, b, ldb, 0.f, c, ldc);
 #endif
+}
+
+std::atomic<int64_t>& weight_budget_slot() {
+  static std::atomic<int64_t> slot{int64_t(128) << 20};
+  return slot;
 }
 
 }  // namespace
 
 void set_winograd_mode(WinogradMode m) { mode_slot().store(int(m)); }
-
-namespace {
-std::atomic<int64_t>& weight_budget_slot() {
-  static std::atomic<int64_t> slot{int64_t(128) << 20};
-  return slot;
-}
-}  // namespace
+WinogradMode winograd_mode() { return WinogradMode(mode_slot().load()); }
 void set_winograd_weight_budget(int64_t bytes) { weight_budget_slot().store(std::max<int64_t>(bytes, 1)); }
 int64_t winograd_weight_budget() { return weight_budget_slot().load(); }
-WinogradMode winograd_mode() { return WinogradMode(mode_slot().load()); }
 
 bool winograd_applicable(const Conv2dParams& p) {
   if (p.kh != 3 || p.kw != 3 || p.sh != 1 || p.sw != 1) return false;

@@ -142,31 +142,25 @@ Tensor tiled_apply(const Tensor& x, int64_t tile_in, int64_t tile_out, const std
   auto at = [](Tensor& t, int64_t n, int64_t c, int64_t y, int64_t xx) -> float& {
     return t.data<float>()[((n * t.size(1) + c) * t.size(2) + y) * t.size(3) + xx];
   };
+  // blend_v (axis 2) / blend_h (axis 3): the first `be` rows/columns of b fade in from the last
+  // `be` of a, with Python-float weights applied in float32.
+  auto blend_into = [&](Tensor& a, Tensor& b, int axis) {
+    const int64_t be = std::min({a.size(axis), b.size(axis), blend}), across = b.size(axis == 2 ? 3 : 2);
+    for (int64_t k = 0; k < be; ++k) {
+      const float wb = float(double(k) / double(be)), wa = float(1.0 - double(k) / double(be));
+      const int64_t ka = a.size(axis) - be + k;
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t c = 0; c < C; ++c)
+          for (int64_t m = 0; m < across; ++m) {
+            float& bv = axis == 2 ? at(b, n, c, k, m) : at(b, n, c, m, k);
+            bv = (axis == 2 ? at(a, n, c, ka, m) : at(a, n, c, m, ka)) * wa + bv * wb;
+          }
+    }
+  };
   for (size_t i = 0; i < rows.size(); ++i)
     for (size_t j = 0; j < rows[i].size(); ++j) {
-      Tensor& b = rows[i][j];
-      if (i > 0) {
-        Tensor& a = rows[i - 1][j];
-        const int64_t be = std::min({a.size(2), b.size(2), blend});
-        for (int64_t y = 0; y < be; ++y) {
-          const float wb = float(double(y) / double(be)), wa = float(1.0 - double(y) / double(be));
-          for (int64_t n = 0; n < N; ++n)
-            for (int64_t c = 0; c < C; ++c)
-              for (int64_t xx = 0; xx < b.size(3); ++xx)
-                at(b, n, c, y, xx) = at(a, n, c, a.size(2) - be + y, xx) * wa + at(b, n, c, y, xx) * wb;
-        }
-      }
-      if (j > 0) {
-        Tensor& a = rows[i][j - 1];
-        const int64_t be = std::min({a.size(3), b.size(3), blend});
-        for (int64_t xx = 0; xx < be; ++xx) {
-          const float wb = float(double(xx) / double(be)), wa = float(1.0 - double(xx) / double(be));
-          for (int64_t n = 0; n < N; ++n)
-            for (int64_t c = 0; c < C; ++c)
-              for (int64_t y = 0; y < b.size(2); ++y)
-                at(b, n, c, y, xx) = at(a, n, c, y, a.size(3) - be + xx) * wa + at(b, n, c, y, xx) * wb;
-        }
-      }
+      if (i > 0) blend_into(rows[i - 1][j], rows[i][j], 2);
+      if (j > 0) blend_into(rows[i][j - 1], rows[i][j], 3);
     }
   int64_t OH = 0, OW = 0;
   for (const auto& row : rows) OH += std::min(limit, row[0].size(2));
