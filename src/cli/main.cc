@@ -37,6 +37,8 @@ int exit_code_for(sd::ErrorKind k) {
       return 5;
     case sd::ErrorKind::Io:
       return 6;
+    case sd::ErrorKind::Resource:
+      return 7;
     case sd::ErrorKind::Internal:
       return 70;
   }
@@ -132,7 +134,7 @@ std::string output_name(const std::string& pattern, int index, int count) {
 }
 
 struct GenerateArgs {
-  std::string model, output, rng = "cpu";
+  std::string model, output, rng = "cpu", device = "cpu", dtype = "auto";
   sd::GenerateRequest req;
   sd::LoadOptions load;
 };
@@ -140,6 +142,10 @@ struct GenerateArgs {
 int cmd_generate(GenerateArgs& a) {
   const auto t0 = std::chrono::steady_clock::now();
   a.req.rng = sd::parse_rng(a.rng);
+  a.load.device = sd::parse_device(a.device);
+  // auto: f16 on a GPU (what every SD GPU runtime uses), f32 on the CPU (no fast f16 there).
+  a.load.dtype = a.dtype == "auto" ? (a.load.device.type == sd::DeviceType::CUDA ? sd::DType::F16 : sd::DType::F32)
+                                   : sd::parse_compute_dtype(a.dtype);
   sd::validate_request(a.req);  // bad sizes, steps or sampler names fail before loading anything
   const auto model = sd::StableDiffusion::load(a.model, a.load);  // checks a.load before reading the model
   model->validate(a.req);
@@ -244,6 +250,8 @@ int main(int argc, char** argv) {
   generate->add_flag("--vae-tiling", gen.req.vae_tiling,
                      "decode in overlapping tiles (diffusers enable_tiling): bounded memory for large images");
   generate->add_option("--output", gen.output, "FILE.png; batches: '{n}' in the name or FILE-N.png")->required();
+  generate->add_option("--device", gen.device, "cpu (default) or cuda[:N]");
+  generate->add_option("--dtype", gen.dtype, "auto (default: f16 on cuda, f32 on cpu), f32, f16 or bf16");
 
   auto* serve = app.add_subcommand("serve", "Run the HTTP service (not implemented yet)");
   serve->allow_extras();

@@ -14,6 +14,8 @@ const char* error_kind_name(ErrorKind k) noexcept {
       return "unsupported";
     case ErrorKind::Io:
       return "io";
+    case ErrorKind::Resource:
+      return "resource_exhausted";
     case ErrorKind::Internal:
       return "internal";
   }

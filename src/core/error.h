@@ -12,6 +12,7 @@ enum class ErrorKind {
   ModelFormat,      // a model file is corrupt, truncated or not what it claims
   Unsupported,      // valid input we do not handle (yet), e.g. a pickle checkpoint
   Io,               // the OS refused: open/read/mmap failed
+  Resource,         // out of (GPU) memory or another capacity limit; retry smaller or later
   Internal,         // a bug or a backend library failure
 };
 
@@ -40,6 +41,9 @@ struct UnsupportedError : Error {
 };
 struct IoError : Error {
   explicit IoError(const std::string& m) : Error(ErrorKind::Io, m) {}
+};
+struct ResourceError : Error {
+  explicit ResourceError(const std::string& m) : Error(ErrorKind::Resource, m) {}
 };
 struct InternalError : Error {
   explicit InternalError(const std::string& m) : Error(ErrorKind::Internal, m) {}

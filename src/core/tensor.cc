@@ -7,6 +7,7 @@
 
 #include "core/allocator.h"
 #ifdef SDSERVE_WITH_CUDA
+#include "cuda/kernels.h"
 #include "cuda/runtime.h"
 #endif
 
@@ -59,11 +60,73 @@ void require_host(const Device& d, const char* what) {
   if (d.type != DeviceType::CPU)
     throw UnsupportedError(std::string(what) + " of a " + d.str() + " tensor: copy it to the CPU first");
 }
+
+#ifdef SDSERVE_WITH_CUDA
+cuda::StridedDesc strided_desc(const Shape& shape, const Shape& strides) {
+  // Size-1 dimensions are dropped (their stride is irrelevant), so any view of up to
+  // kMaxDims non-trivial dimensions is accepted.
+  cuda::StridedDesc d;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (shape[i] == 1) continue;
+    if (d.ndim == cuda::kMaxDims)
+      throw UnsupportedError("CUDA copy of a view with more than " + std::to_string(cuda::kMaxDims) + " dimensions");
+    d.shape[d.ndim] = shape[i];
+    d.stride[d.ndim] = strides[i];
+    ++d.ndim;
+  }
+  return d;
+}
+#endif
 }  // namespace
 
+void Tensor::copy_(const Tensor& src) {
+  SD_CHECK_ARG(defined() && src.defined(), "copy_ of an undefined tensor");
+  SD_CHECK_ARG(src.shape() == shape_, "copy_: shape " + shape_str(src.shape()) + " into " + shape_str(shape_));
+  SD_CHECK_ARG(src.device() == device_, "copy_: " + src.device().str() + " tensor into a " + device_.str() + " tensor");
+  if (numel() == 0) return;
+#ifdef SDSERVE_WITH_CUDA
+  if (device_.type == DeviceType::CUDA) {
+    SD_CHECK_ARG(src.dtype() == dtype_ || (is_float(src.dtype()) && is_float(dtype_)),
+                 std::string("copy_: cannot convert ") + dtype_name(src.dtype()) + " to " + dtype_name(dtype_));
+    cuda::set_device(device_.index);
+    cuda::copy_strided(src.raw_data(), src.dtype(), strided_desc(src.shape(), src.strides()), raw_data(), dtype_,
+                       strided_desc(shape_, strides_), cuda::stream(device_.index));
+    return;
+  }
+#endif
+  require_host(device_, "copy_");
+  const Tensor s = src.to(dtype_).contiguous();
+  if (is_contiguous()) {
+    std::memcpy(raw_data(), s.raw_data(), nbytes());
+    return;
+  }
+  // Scatter into a strided destination: walk the destination's index space.
+  const size_t es = dtype_size(dtype_);
+  std::vector<int64_t> idx(shape_.size(), 0);
+  const char* from = static_cast<const char*>(s.raw_data());
+  char* base = static_cast<char*>(raw_data());
+  for (int64_t i = 0, n = numel(); i < n; ++i) {
+    int64_t off = 0;
+    for (size_t d = 0; d < idx.size(); ++d) off += idx[d] * strides_[d];
+    std::memcpy(base + off * int64_t(es), from + i * int64_t(es), es);
+    for (size_t d = idx.size(); d-- > 0;) {
+      if (++idx[d] < shape_[d]) break;
+      idx[d] = 0;
+    }
+  }
+}
+
 Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
-  require_host(device, "zeros");
   Tensor t = empty(shape, dtype, device);
+#ifdef SDSERVE_WITH_CUDA
+  if (device.type == DeviceType::CUDA) {
+    if (t.numel() > 0) {
+      // Zero bytes are a zero of every dtype.
+      cuda::memset_async(t.raw_data(), 0, t.nbytes(), device.index);
+    }
+    return t;
+  }
+#endif
   std::memset(t.raw_data(), 0, t.nbytes());
   return t;
 }
@@ -225,8 +288,11 @@ Tensor Tensor::contiguous() const {
 
 Tensor Tensor::clone() const {
   SD_CHECK_ARG(defined(), "clone of an undefined tensor");
-  require_host(device_, "clone");
   Tensor t = empty(shape_, dtype_, device_);
+  if (device_.type != DeviceType::CPU) {
+    t.copy_(*this);
+    return t;
+  }
   strided_copy(static_cast<const char*>(raw_data()), shape_, strides_, dtype_size(dtype_),
                static_cast<char*>(t.raw_data()));
   return t;
@@ -234,7 +300,11 @@ Tensor Tensor::clone() const {
 
 Tensor Tensor::to(DType dtype) const {
   if (dtype == dtype_) return *this;
-  require_host(device_, "dtype conversion");
+  if (device_.type != DeviceType::CPU) {
+    Tensor out = empty(shape_, dtype, device_);
+    out.copy_(*this);
+    return out;
+  }
   Tensor src = contiguous();
   const size_t n = size_t(numel());
   Tensor out = empty(shape_, dtype, device_);
@@ -258,9 +328,9 @@ Tensor Tensor::to(Device device) const {
     return out;
   }
   if (device_.type == DeviceType::CUDA && device.type == DeviceType::CPU) {
-    SD_CHECK_ARG(is_contiguous(), "copy of a strided CUDA tensor to the host");
+    const Tensor src = contiguous();
     Tensor out = empty(shape_, dtype_, device);
-    cuda::copy_to_host(out.raw_data(), raw_data(), nbytes(), device_.index);
+    cuda::copy_to_host(out.raw_data(), src.raw_data(), src.nbytes(), device_.index);
     return out;
   }
 #endif
@@ -268,7 +338,7 @@ Tensor Tensor::to(Device device) const {
 }
 
 std::vector<float> Tensor::to_vector() const {
-  require_host(device_, "to_vector");
+  if (device_.type != DeviceType::CPU) return to(Device::cpu()).to_vector();
   Tensor src = contiguous();
   std::vector<float> out(static_cast<size_t>(numel()));
   convert_to_f32(src.raw_data(), dtype_, out.data(), out.size());

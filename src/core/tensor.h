@@ -67,7 +67,10 @@ class Tensor {
   Tensor clone() const;
   Tensor to(DType dtype) const;  // no copy if already that dtype
   Tensor to(Device device) const;
-  std::vector<float> to_vector() const;  // any float dtype, read as f32
+  // Writes src's values into this tensor (which may be a strided view, e.g. a narrow()ed window
+  // of a larger tensor), converting between float dtypes. Same shape and device required.
+  void copy_(const Tensor& src);
+  std::vector<float> to_vector() const;  // any float dtype, read as f32 (device tensors are copied)
 
   std::string repr() const;
 

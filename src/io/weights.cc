@@ -12,6 +12,12 @@ WeightSource WeightSource::with_prefix(const std::string& more) const {
   return w;
 }
 
+WeightSource WeightSource::with_device(Device device) const {
+  WeightSource w = *this;
+  w.device_ = device;
+  return w;
+}
+
 WeightSource WeightSource::with_renames(std::shared_ptr<const RenameMap> map, bool pass_through) const {
   SD_CHECK_ARG(map != nullptr, "with_renames: null map");
   WeightSource w = *this;
@@ -66,7 +72,7 @@ Tensor WeightSource::get(std::string_view name, DType dtype) const {
                         prefix_ + "'");
   for (const auto& f : files_)
     // get_as returns an aligned copy whenever the zero-copy view would be misaligned.
-    if (f->contains(full)) return f->get_as(full, dtype);
+    if (f->contains(full)) return f->get_as(full, dtype).to(device_);
   std::string msg = describe() + ": missing tensor '" + full + "'";
   if (renames_) msg += " (asked for '" + name_prefix_ + std::string(name) + "')";
   throw NotFoundError(msg);

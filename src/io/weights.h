@@ -24,6 +24,10 @@ class WeightSource {
   WeightSource(std::vector<std::shared_ptr<const SafeTensorsFile>> files, std::string prefix = "");
 
   WeightSource with_prefix(const std::string& more) const;  // appends to the prefix
+  // A view whose get() returns tensors on `device` (uploaded after the dtype conversion), so
+  // model code loads onto a GPU without knowing about it. Default: the CPU.
+  WeightSource with_device(Device device) const;
+  Device device() const { return device_; }
   const std::string& prefix() const { return prefix_; }
 
   // A view in which get/has/info(name) look up (*map)[name]. Names the map lacks are missing
@@ -56,6 +60,7 @@ class WeightSource {
   // With renames: full key = prefix_ + resolve(name_prefix_ + name).
   std::shared_ptr<const RenameMap> renames_;
   bool pass_through_ = false;
+  Device device_ = Device::cpu();
   std::string name_prefix_;
 };
 

@@ -238,8 +238,9 @@ ClipTextModel::Output ClipTextModel::forward(const Tensor& ids, int clip_skip, b
     const Tensor last = run == total ? out.hidden : ops::layer_norm(x, final_ln_w_, final_ln_b_, cfg_.layer_norm_eps);
     // transformers picks the EOS position: argmax(ids) for legacy configs (eos id 2),
     // otherwise the first occurrence of eos_id (position 0 if absent).
-    const Tensor idc = ids.contiguous();
+    const Tensor idc = ids.contiguous().to(Device::cpu());
     const int32_t* id = idc.data<int32_t>();
+    const Tensor last_host = last.to(Device::cpu());
     Tensor pooled = Tensor::empty({B, D}, dt);
     for (int64_t b = 0; b < B; ++b) {
       int64_t pos = 0;
@@ -254,9 +255,9 @@ ClipTextModel::Output ClipTextModel::forward(const Tensor& ids, int clip_skip, b
           }
       }
       std::memcpy(static_cast<char*>(pooled.raw_data()) + size_t(b * D) * dtype_size(dt),
-                  last.select(0, b).select(0, pos).contiguous().raw_data(), size_t(D) * dtype_size(dt));
+                  last_host.select(0, b).select(0, pos).contiguous().raw_data(), size_t(D) * dtype_size(dt));
     }
-    out.pooled = pooled;
+    out.pooled = pooled.to(last.device());
     if (text_projection_.defined()) out.text_embeds = ops::linear(pooled, text_projection_);
   }
   return out;

@@ -4,7 +4,7 @@ namespace sdserve {
 
 ClipTextModel load_text_encoder(const ModelFiles& model, const TextEncoderOptions& opt) {
   const ModelInfo& info = model.info();
-  const WeightSource src = model.component("text_encoder");
+  const WeightSource src = model.component("text_encoder").with_device(opt.device);
   if (info.layout == ModelLayout::Diffusers)
     return ClipTextModel::load(ClipTextConfig::from_json(model.component_config("text_encoder")), src,
                                ClipWeightLayout::HF, opt.dtype);

@@ -7,6 +7,7 @@ namespace sdserve {
 
 struct TextEncoderOptions {
   DType dtype = DType::F32;
+  Device device = Device::cpu();
   // Single-file checkpoints do not record the head count; every released CLIP text
   // tower uses 64-wide heads. Tests with tiny models override it.
   int64_t head_dim = 64;

@@ -159,9 +159,10 @@ Tensor UNet::forward(const Tensor& x_in, const std::vector<float>& timesteps, co
       "UNet: context must be [N, T, " + std::to_string(cfg_.cross_attention_dim) + "], got " +
           shape_str(context_in.shape()));
   const DType dt = conv_in.w.dtype();
-  const Tensor x = x_in.to(dt), context = context_in.to(dt);
+  const Device dev = conv_in.w.device();
+  const Tensor x = x_in.to(dev).to(dt), context = context_in.to(dev).to(dt);
   const int64_t n = x.size(0);
-  Tensor temb = time_2(ops::activation(time_1(time_embedding(timesteps, n).to(dt)), ops::Activation::SiLU));
+  Tensor temb = time_2(ops::activation(time_1(time_embedding(timesteps, n).to(dt).to(dev)), ops::Activation::SiLU));
   const Tensor temb_act = ops::activation(temb, ops::Activation::SiLU);  // every resnet applies SiLU first
 
   Tensor h = conv_in(x);

@@ -94,7 +94,7 @@ Tensor VAE::decode(const Tensor& z_in) const {
   SD_CHECK_ARG(z_in.dim() == 4 && z_in.size(1) == cfg_.latent_channels, "VAE decode: latents must be [N, " +
                                                                             std::to_string(cfg_.latent_channels) +
                                                                             ", h, w], got " + shape_str(z_in.shape()));
-  Tensor h = z_in.to(dec_in.w.dtype());
+  Tensor h = z_in.to(dec_in.w.device()).to(dec_in.w.dtype());
   if (post_quant.w.defined()) h = post_quant(h);
   h = run_mid(dec_mid_, dec_in(h));
   for (const Block& b : dec_up_) {
@@ -109,7 +109,7 @@ Tensor VAE::encode_moments(const Tensor& x_in) const {
   if (!has_encoder()) throw UnsupportedError("this VAE has no encoder weights (decoder-only file)");
   SD_CHECK_ARG(x_in.dim() == 4 && x_in.size(1) == cfg_.in_channels,
                "VAE encode: images must be [N, 3, H, W], got " + shape_str(x_in.shape()));
-  Tensor h = enc_in(x_in.to(enc_in.w.dtype()));
+  Tensor h = enc_in(x_in.to(enc_in.w.device()).to(enc_in.w.dtype()));
   for (const Block& b : enc_down_) {
     for (const auto& r : b.resnets) h = r(h, Tensor());
     if (b.sampler.w.defined()) h = b.sampler(h);
@@ -134,7 +134,7 @@ Tensor tiled_apply(const Tensor& x, int64_t tile_in, int64_t tile_out, const std
     std::vector<Tensor> row;
     for (int64_t j = 0; j < W; j += step) {
       const Tensor tile = x.narrow(2, i, std::min(tile_in, H - i)).narrow(3, j, std::min(tile_in, W - j)).contiguous();
-      row.push_back(fn(tile).to(DType::F32).contiguous());
+      row.push_back(fn(tile).to(DType::F32).to(Device::cpu()).contiguous());
     }
     rows.push_back(std::move(row));
   }
@@ -193,7 +193,7 @@ Tensor VAE::decode_tiled(const Tensor& z) const {
   const int64_t tl = tile_latent_size();
   if (z.size(2) <= tl && z.size(3) <= tl) return decode(z);
   const Tensor out = tiled_apply(z, tl, cfg_.sample_size, [this](const Tensor& t) { return decode(t); });
-  return out.to(dec_in.w.dtype());
+  return out.to(dec_in.w.dtype()).to(dec_in.w.device());
 }
 
 Tensor VAE::encode_moments_tiled(const Tensor& x) const {
@@ -201,7 +201,7 @@ Tensor VAE::encode_moments_tiled(const Tensor& x) const {
   if (x.size(2) <= cfg_.sample_size && x.size(3) <= cfg_.sample_size) return encode_moments(x);
   const Tensor out =
       tiled_apply(x, cfg_.sample_size, tile_latent_size(), [this](const Tensor& t) { return encode_moments(t); });
-  return out.to(enc_in.w.dtype());
+  return out.to(enc_in.w.dtype()).to(enc_in.w.device());
 }
 
 }  // namespace sdserve

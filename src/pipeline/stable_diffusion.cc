@@ -9,6 +9,9 @@
 #include "io/png.h"
 #include "models/loader.h"
 #include "ops/concat.h"
+#ifdef SDSERVE_WITH_CUDA
+#include "cuda/runtime.h"
+#endif
 
 namespace sdserve {
 
@@ -48,6 +51,12 @@ std::unique_ptr<StableDiffusion> StableDiffusion::load(const std::string& path, 
                  "prediction type must be epsilon or v_prediction, got \"" + *opt.prediction_type + "\"");
   if (opt.scheduler_config_path && !std::filesystem::is_regular_file(*opt.scheduler_config_path))
     throw NotFoundError("scheduler config not found: " + *opt.scheduler_config_path);
+  if (!device_compiled(opt.device.type))
+    throw UnsupportedError("device " + opt.device.str() +
+                           " is not available in this build: rebuild with -DSDSERVE_WITH_CUDA=ON, or use --device cpu");
+#ifdef SDSERVE_WITH_CUDA
+  if (opt.device.type == DeviceType::CUDA) cuda::require_device(opt.device.index);
+#endif
   auto sd = std::make_unique<StableDiffusion>();
   sd->files_ = std::make_unique<ModelFiles>(ModelFiles::open(path));
   const ModelFiles& m = *sd->files_;
@@ -60,6 +69,7 @@ std::unique_ptr<StableDiffusion> StableDiffusion::load(const std::string& path, 
 
   TextEncoderOptions te;
   te.dtype = opt.dtype;
+  te.device = opt.device;
   te.head_dim = opt.text_head_dim;
   sd->text_encoder_ = std::make_unique<ClipTextModel>(load_text_encoder(m, te));
   if (opt.tokenizer_dir) {
@@ -90,8 +100,8 @@ std::unique_ptr<StableDiffusion> StableDiffusion::load(const std::string& path, 
   }
   if (opt.scheduler_config_path) sd->schedule_ = ScheduleConfig::from_json(read_json_file(*opt.scheduler_config_path));
   if (opt.prediction_type) sd->schedule_.prediction_type = *opt.prediction_type;
-  sd->unet_ = std::make_unique<UNet>(UNet::load(ucfg, usrc, opt.dtype));
-  sd->vae_ = std::make_unique<VAE>(VAE::load(vcfg, vsrc, opt.dtype));
+  sd->unet_ = std::make_unique<UNet>(UNet::load(ucfg, usrc.with_device(opt.device), opt.dtype));
+  sd->vae_ = std::make_unique<VAE>(VAE::load(vcfg, vsrc.with_device(opt.device), opt.dtype));
   sd->vae_scale_ = 1 << (vcfg.block_out_channels.size() - 1);
   if (ucfg.cross_attention_dim != sd->text_encoder_->config().hidden_size)
     throw ModelFormatError(path + ": UNet cross-attention width " + std::to_string(ucfg.cross_attention_dim) +
@@ -201,7 +211,8 @@ std::vector<GeneratedImage> StableDiffusion::txt2img(const GenerateRequest& req,
   for (size_t i = 0; i < calls; ++i) {
     const Tensor scaled = sampler->scale_model_input(latents, i);
     const Tensor input = cfg ? ops::concat({scaled, scaled}, 0) : scaled;
-    const Tensor pred = unet_->forward(input, {sampler->timesteps()[i]}, context).to(DType::F32).contiguous();
+    const Tensor pred =
+        unet_->forward(input, {sampler->timesteps()[i]}, context).to(DType::F32).to(Device::cpu()).contiguous();
     Tensor guided = pred;
     if (cfg) {
       const int64_t per = latents.numel();
@@ -239,7 +250,8 @@ std::vector<GeneratedImage> StableDiffusion::txt2img(const GenerateRequest& req,
     float* p = z.data<float>();
     for (int64_t i = 0; i < z.numel(); ++i) p[i] = p[i] / vc.scaling_factor + vc.shift_factor;
   }
-  const Tensor images = (req.vae_tiling ? vae_->decode_tiled(z) : vae_->decode(z)).to(DType::F32);
+  const Tensor images =
+      (req.vae_tiling ? vae_->decode_tiled(z) : vae_->decode(z)).to(DType::F32).to(Device::cpu()).contiguous();
   std::vector<GeneratedImage> out;
   for (int64_t b = 0; b < n; ++b) {
     GeneratedImage im;

@@ -21,6 +21,9 @@ namespace sdserve {
 
 struct LoadOptions {
   DType dtype = DType::F32;
+  // Where the weights live and the models run ("cpu" or "cuda:N"). Sampling arithmetic stays
+  // on the host; the latents (a few hundred KiB) cross once per model call.
+  Device device = Device::cpu();
   // Single-file checkpoints store neither head counts nor group counts; these defaults
   // are those of every released SD1/SD2 model. Tests with tiny models override them.
   int64_t text_head_dim = 64;
