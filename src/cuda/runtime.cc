@@ -1,37 +1,214 @@
 #include "cuda/runtime.h"
 
+#include <cuda_runtime_api.h>
+
+#include <array>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
 #include "cuda/check.h"
 
 namespace sdserve::cuda {
 
+namespace {
+
+constexpr int kMaxDevices = 16;
+
+// Bucket sizes: 512-byte granules up to 1 MiB, then four buckets per power of two (at most
+// 25% slack). Reuse is exact per bucket, so a step that asks for the shapes the last step asked
+// for finds every block in the pool.
+size_t bucket_size(size_t bytes) {
+  if (bytes <= (size_t(1) << 20)) return std::max<size_t>(512, (bytes + 511) / 512 * 512);
+  size_t p = size_t(1) << 20;
+  while (p * 2 < bytes) p *= 2;  // p < bytes <= 2p
+  const size_t quarter = p / 4;
+  return (bytes + quarter - 1) / quarter * quarter;
+}
+
+struct DevicePool {
+  std::mutex mu;
+  std::map<size_t, std::vector<void*>> free_blocks;  // bucket size -> cached blocks
+  MemoryStats stats;
+  cudaStream_t stream = nullptr;
+  bool initialised = false;
+};
+
+std::array<DevicePool, kMaxDevices>& pools() {
+  static std::array<DevicePool, kMaxDevices> p;
+  return p;
+}
+
+DevicePool& pool(int device) {
+  require_device(device);
+  return pools()[size_t(device)];
+}
+
+// Called with the pool's mutex held.
+void release_cached(DevicePool& p, int device) {
+  if (p.free_blocks.empty()) return;
+  set_device(device);
+  // Blocks in the pool may still be read by queued kernels of their last owner.
+  SD_CUDA_CHECK(cudaStreamSynchronize(p.stream));
+  for (auto& [size, blocks] : p.free_blocks)
+    for (void* b : blocks) {
+      SD_CUDA_CHECK(cudaFree(b));
+      p.stats.reserved -= size;
+    }
+  p.free_blocks.clear();
+}
+
+void ensure_stream(DevicePool& p, int device) {
+  if (p.initialised) return;
+  set_device(device);
+  SD_CUDA_CHECK(cudaStreamCreateWithFlags(&p.stream, cudaStreamNonBlocking));
+  p.initialised = true;
+}
+
+}  // namespace
+
 int device_count() {
-  int n = 0;
-  // No driver or no device: report zero so CPU-only machines run CUDA builds.
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return 0;
-  }
+  static const int n = [] {
+    int count = 0;
+    // No driver or no device: report zero so CPU-only machines run CUDA builds.
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return 0;
+    }
+    return std::min(count, kMaxDevices);
+  }();
   return n;
 }
 
-std::shared_ptr<void> allocate(size_t bytes, int device) {
+void require_device(int device) {
+  const int n = device_count();
+  if (device < 0 || device >= n)
+    throw UnsupportedError("device cuda:" + std::to_string(device) + " is not available: this machine has " +
+                           (n == 0 ? std::string("no CUDA device") : std::to_string(n) + " CUDA device(s)"));
+}
+
+void set_device(int device) {
+  thread_local int current = -1;
+  if (current == device) return;
   SD_CUDA_CHECK(cudaSetDevice(device));
-  void* p = nullptr;
-  SD_CUDA_CHECK(cudaMalloc(&p, bytes == 0 ? 256 : bytes));
-  return std::shared_ptr<void>(p, [device](void* q) {
-    cudaSetDevice(device);
-    cudaFree(q);  // a failure here cannot be reported from a deleter
+  current = device;
+}
+
+std::shared_ptr<void> allocate(size_t bytes, int device) {
+  DevicePool& p = pool(device);
+  const size_t size = bucket_size(bytes == 0 ? 1 : bytes);
+  void* ptr = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(p.mu);
+    ensure_stream(p, device);
+    auto it = p.free_blocks.find(size);
+    if (it != p.free_blocks.end() && !it->second.empty()) {
+      ptr = it->second.back();
+      it->second.pop_back();
+    } else {
+      set_device(device);
+      cudaError_t st = cudaMalloc(&ptr, size);
+      if (st == cudaErrorMemoryAllocation) {
+        (void)cudaGetLastError();
+        release_cached(p, device);
+        st = cudaMalloc(&ptr, size);
+      }
+      if (st != cudaSuccess) {
+        (void)cudaGetLastError();
+        size_t free_b = 0, total_b = 0;
+        (void)cudaMemGetInfo(&free_b, &total_b);
+        throw ResourceError("out of GPU memory on cuda:" + std::to_string(device) + ": asked for " +
+                            std::to_string(size >> 20) + " MiB with " + std::to_string(free_b >> 20) + " of " +
+                            std::to_string(total_b >> 20) + " MiB free; use a smaller size or batch, or --vae-tiling");
+      }
+      p.stats.reserved += size;
+      p.stats.peak_reserved = std::max(p.stats.peak_reserved, p.stats.reserved);
+      ++p.stats.driver_allocs;
+    }
+    p.stats.allocated += size;
+    p.stats.peak_allocated = std::max(p.stats.peak_allocated, p.stats.allocated);
+  }
+  return std::shared_ptr<void>(ptr, [device, size](void* q) {
+    DevicePool& pl = pools()[size_t(device)];
+    std::lock_guard<std::mutex> lock(pl.mu);
+    pl.free_blocks[size].push_back(q);
+    pl.stats.allocated -= size;
   });
 }
 
+MemoryStats memory_stats(int device) {
+  DevicePool& p = pool(device);
+  std::lock_guard<std::mutex> lock(p.mu);
+  return p.stats;
+}
+
+void add_workspace_bytes(int device, size_t bytes) {
+  DevicePool& p = pool(device);
+  std::lock_guard<std::mutex> lock(p.mu);
+  p.stats.workspace += bytes;
+}
+
+void reset_peak(int device) {
+  DevicePool& p = pool(device);
+  std::lock_guard<std::mutex> lock(p.mu);
+  p.stats.peak_allocated = p.stats.allocated;
+  p.stats.peak_reserved = p.stats.reserved;
+}
+
+void empty_cache(int device) {
+  DevicePool& p = pool(device);
+  std::lock_guard<std::mutex> lock(p.mu);
+  if (p.initialised) release_cached(p, device);
+}
+
+cudaStream_t stream(int device) {
+  DevicePool& p = pool(device);
+  std::lock_guard<std::mutex> lock(p.mu);
+  ensure_stream(p, device);
+  return p.stream;
+}
+
+void synchronize(int device) {
+  const cudaStream_t s = stream(device);
+  set_device(device);
+  SD_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+void check_launch(const char* what) {
+  const cudaError_t st = cudaGetLastError();
+  if (st != cudaSuccess) throw InternalError(std::string("CUDA kernel ") + what + " failed: " + cudaGetErrorString(st));
+}
+
 void copy_to_device(void* dst, const void* src, size_t bytes, int device) {
-  SD_CUDA_CHECK(cudaSetDevice(device));
-  SD_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+  if (bytes == 0) return;
+  const cudaStream_t s = stream(device);
+  set_device(device);
+  SD_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s));
+  // The host buffer may be freed as soon as we return.
+  SD_CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
 void copy_to_host(void* dst, const void* src, size_t bytes, int device) {
-  SD_CUDA_CHECK(cudaSetDevice(device));
-  SD_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+  if (bytes == 0) return;
+  const cudaStream_t s = stream(device);
+  set_device(device);
+  SD_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s));
+  SD_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+void copy_device_to_device(void* dst, const void* src, size_t bytes, int device) {
+  if (bytes == 0) return;
+  const cudaStream_t s = stream(device);
+  set_device(device);
+  SD_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, s));
+}
+
+void memset_async(void* dst, int value, size_t bytes, int device) {
+  if (bytes == 0) return;
+  const cudaStream_t s = stream(device);
+  set_device(device);
+  SD_CUDA_CHECK(cudaMemsetAsync(dst, value, bytes, s));
 }
 
 }  // namespace sdserve::cuda

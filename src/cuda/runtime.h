@@ -1,13 +1,56 @@
-// CUDA device memory and copies. Compiled only with SDSERVE_WITH_CUDA.
+// CUDA device memory, streams and library handles. Compiled only with SDSERVE_WITH_CUDA.
+//
+// Every op on a device runs on that device's one stream (stream()), so work issued by any
+// thread is ordered, and a buffer freed to the caching allocator can be handed out again at
+// once: the next user's kernels queue behind the last user's on the same stream.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <memory>
+
+struct CUstream_st;
+using cudaStream_t = CUstream_st*;
 
 namespace sdserve::cuda {
 
 int device_count();  // 0 when no driver/device is present (not an error)
+// Throws UnsupportedError when `device` does not exist on this machine.
+void require_device(int device);
+
+// Caching allocator: freed blocks go back to a per-device pool (size-bucketed, so a step
+// that allocates the same shapes as the last one allocates nothing from the driver). When
+// cudaMalloc fails, the pool is emptied and the allocation retried once; a second failure
+// throws ResourceError.
 std::shared_ptr<void> allocate(size_t bytes, int device);
+
+struct MemoryStats {
+  size_t allocated = 0;       // bytes in live tensors (bucket sizes)
+  size_t peak_allocated = 0;  // since the last reset_peak()
+  size_t reserved = 0;        // bytes held from the driver (live + cached)
+  size_t peak_reserved = 0;
+  size_t workspace = 0;        // cuBLASLt/cuDNN workspaces and other fixed buffers
+  uint64_t driver_allocs = 0;  // number of cudaMalloc calls so far
+};
+MemoryStats memory_stats(int device);
+void reset_peak(int device);
+// Counts a fixed buffer (a library workspace) in memory_stats().workspace.
+void add_workspace_bytes(int device, size_t bytes);
+// Frees every cached (unused) block back to the driver.
+void empty_cache(int device);
+
+// The device's stream; all our kernels and library calls are issued on it.
+cudaStream_t stream(int device);
+void synchronize(int device);
+// Checks cudaGetLastError() after a kernel launch; throws InternalError naming `what`.
+void check_launch(const char* what);
+
+// Host <-> device copies on the device's stream; both wait until the copy is done.
 void copy_to_device(void* dst, const void* src, size_t bytes, int device);
 void copy_to_host(void* dst, const void* src, size_t bytes, int device);
+void copy_device_to_device(void* dst, const void* src, size_t bytes, int device);
+void memset_async(void* dst, int value, size_t bytes, int device);
+
+// Sets the current device for the calling thread (cudaSetDevice, cached).
+void set_device(int device);
 
 }  // namespace sdserve::cuda

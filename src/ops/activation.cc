@@ -30,6 +30,7 @@ const char* activation_name(Activation a) {
 
 Tensor activation(const Tensor& x, Activation kind) {
   SD_PROFILE_SCOPE("activation");
+  SD_RETURN_IF_CUDA(x, cuda::activation(x, static_cast<cuda::Act>(static_cast<int>(kind))));
   if (x.device().type != DeviceType::CPU) no_backend("activation", x.device());
   const Tensor xc = x.contiguous();
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
@@ -43,6 +44,7 @@ Tensor geglu(const Tensor& x) {
   SD_PROFILE_SCOPE("geglu");
   SD_CHECK_ARG(x.dim() >= 1 && x.size(-1) % 2 == 0,
                "geglu: last dimension must be even (hidden and gate halves), got " + shape_str(x.shape()));
+  SD_RETURN_IF_CUDA(x, cuda::geglu(x));
   if (x.device().type != DeviceType::CPU) no_backend("geglu", x.device());
   const Tensor xc = x.contiguous();
   Shape shape = x.shape();

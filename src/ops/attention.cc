@@ -31,8 +31,9 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
   check_same_dtype("attention", q, v);
   check_same_device("attention", q, k);
   check_same_device("attention", q, v);
-  if (q.device().type != DeviceType::CPU) no_backend("attention", q.device());
   if (scale <= 0.f) scale = 1.f / std::sqrt(float(d));
+  SD_RETURN_IF_CUDA(q, cuda::attention(q, k, v, causal, scale));
+  if (q.device().type != DeviceType::CPU) no_backend("attention", q.device());
   const Tensor qf = as_f32_rows(q), kf = as_f32_rows(k), vf = as_f32_rows(v);
   // The result is stored [B, Tq, H, dv] and returned as its [B, H, Tq, dv] view, so the usual
   // next step (back to [B, Tq, H*dv] tokens) is a free view instead of a copy.

@@ -24,6 +24,7 @@ Tensor concat(const std::vector<Tensor>& parts, int64_t dim) {
                    "concat: " + shape_str(t.shape()) + " does not match " + shape_str(first.shape()));
     out_shape[size_t(dim)] += t.size(dim);
   }
+  SD_RETURN_IF_CUDA(first, cuda::concat(parts, dim));
   if (first.device().type != DeviceType::CPU) no_backend("concat", first.device());
   Tensor out = Tensor::empty(out_shape, first.dtype(), first.device());
   int64_t outer = 1;

@@ -24,6 +24,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor* bias, const C
                       opt.stride, opt.stride, opt.pad_t, opt.pad_l, opt.pad_b,      opt.pad_r};
   SD_CHECK_ARG(p.h + p.pt + p.pb >= p.kh && p.w + p.pl + p.pr >= p.kw,
                "conv2d: kernel larger than padded input " + shape_str(x.shape()));
+  SD_RETURN_IF_CUDA(x, cuda::conv2d(x, weight, bias, opt.stride, opt.pad_t, opt.pad_l, opt.pad_b, opt.pad_r));
   if (x.device().type != DeviceType::CPU) no_backend("conv2d", x.device());
   const Tensor xf = x.to(DType::F32).contiguous(), wf = weight.to(DType::F32).contiguous();
   Tensor bf;

@@ -5,6 +5,14 @@
 
 #include "core/error.h"
 #include "core/tensor.h"
+#ifdef SDSERVE_WITH_CUDA
+#include "cuda/ops.h"
+// Returns `expr` (a cuda:: op) when `t` lives on a CUDA device; compiles to nothing without CUDA.
+#define SD_RETURN_IF_CUDA(t, expr) \
+  if ((t).device().type == ::sdserve::DeviceType::CUDA) return expr
+#else
+#define SD_RETURN_IF_CUDA(t, expr) (void)0
+#endif
 
 namespace sdserve::ops {
 

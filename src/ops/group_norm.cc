@@ -17,7 +17,9 @@ Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& gamma, const Te
     SD_CHECK_ARG(p->dim() == 1 && p->size(0) == c,
                  "group_norm: parameter " + shape_str(p->shape()) + " does not match input " + shape_str(x.shape()));
     check_same_dtype("group_norm", x, *p);
+    check_same_device("group_norm", x, *p);
   }
+  SD_RETURN_IF_CUDA(x, cuda::group_norm(x, groups, gamma, beta, eps, silu));
   if (x.device().type != DeviceType::CPU) no_backend("group_norm", x.device());
   const Tensor xc = x.contiguous();
   const Tensor g = gamma.defined() ? gamma.contiguous() : Tensor();

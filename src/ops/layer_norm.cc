@@ -18,6 +18,7 @@ Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, floa
     check_same_dtype("layer_norm", x, *p);
     check_same_device("layer_norm", x, *p);
   }
+  SD_RETURN_IF_CUDA(x, cuda::layer_norm(x, gamma, beta, eps));
   if (x.device().type != DeviceType::CPU) no_backend("layer_norm", x.device());
   const Tensor xc = x.contiguous();
   const Tensor g = gamma.defined() ? gamma.contiguous() : Tensor();

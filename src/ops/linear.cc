@@ -20,6 +20,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor* bias) {
                  "linear: bias " + shape_str(bias->shape()) + " does not match weight " + shape_str(weight.shape()));
     check_same_dtype("linear", x, *bias);
   }
+  SD_RETURN_IF_CUDA(x, cuda::linear(x, weight, bias));
   if (x.device().type != DeviceType::CPU) no_backend("linear", x.device());
   Shape out_shape = x.shape();
   out_shape.back() = out_f;

@@ -9,6 +9,7 @@ namespace sdserve::ops {
 Tensor softmax(const Tensor& x) {
   SD_PROFILE_SCOPE("softmax");
   SD_CHECK_ARG(x.dim() >= 1, "softmax: input must have at least one dimension");
+  SD_RETURN_IF_CUDA(x, cuda::softmax(x));
   if (x.device().type != DeviceType::CPU) no_backend("softmax", x.device());
   const Tensor xc = x.contiguous();
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());

@@ -1,0 +1,21 @@
+// 2-D convolution through cuDNN (src/cuda/conv.cc): NCHW activations, OIHW weights, the
+// algorithm found once per shape (cudnnFindConvolutionForwardAlgorithmEx) and cached.
+#pragma once
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace sdserve::cuda {
+
+struct ConvArgs {
+  int64_t n = 0, c = 0, h = 0, w = 0, o = 0, kh = 0, kw = 0, stride = 1, pad_h = 0, pad_w = 0;
+  DType dt = DType::F32;
+  const void* x = nullptr;
+  const void* weight = nullptr;
+  const void* bias = nullptr;  // o values or null
+  void* y = nullptr;           // [n, o, oh, ow]
+};
+
+void conv2d(const ConvArgs& args, int device);
+
+}  // namespace sdserve::cuda
