@@ -18,11 +18,14 @@ namespace {
 
 class OpTest : public testing::TestWithParam<DeviceDType> {
  protected:
+  void SetUp() override { SKIP_UNLESS_AVAILABLE(GetParam().device); }
   Tensor rand(const Shape& s, uint32_t seed, float lo = -1.f, float hi = 1.f) {
-    return Tensor::from_vector(random_values(size_t(shape_numel(s)), seed, lo, hi), s, GetParam().dtype);
+    return Tensor::from_vector(random_values(size_t(shape_numel(s)), seed, lo, hi), s, GetParam().dtype)
+        .to(GetParam().device);
   }
   void check(const Tensor& got, const std::vector<double>& want, const std::string& what, double scale = 1.0) {
     EXPECT_EQ(got.dtype(), GetParam().dtype);
+    EXPECT_EQ(got.device(), GetParam().device);
     expect_close(got.to_vector(), want, GetParam().atol * scale, GetParam().rtol, what);
   }
 };

@@ -10,6 +10,9 @@
 #include <vector>
 
 #include "core/tensor.h"
+#ifdef SDSERVE_WITH_CUDA
+#include "cuda/runtime.h"
+#endif
 
 namespace sdserve::test {
 
@@ -25,15 +28,37 @@ inline std::string param_name(const testing::TestParamInfo<DeviceDType>& info) {
   return d + "_" + dtype_name(info.param.dtype);
 }
 
-// Every (device, dtype) this build can run. CUDA entries appear only in CUDA builds.
+// Every (device, dtype) this build can run. CUDA entries appear only in CUDA builds; on a
+// machine without a GPU their tests skip (skip_unless_available) and say so.
 inline std::vector<DeviceDType> all_device_dtypes() {
   std::vector<DeviceDType> v = {
       {Device::cpu(), DType::F32, 1e-5, 1e-5},
       {Device::cpu(), DType::F16, 2e-2, 1e-2},   // 11-bit mantissa on inputs and outputs
       {Device::cpu(), DType::BF16, 1e-1, 2e-2},  // 8-bit mantissa
   };
+#ifdef SDSERVE_WITH_CUDA
+  // Same tolerances: f32 runs strict f32 (no TF32) on the GPU; half types accumulate in f32.
+  v.push_back({Device::cuda(0), DType::F32, 1e-5, 1e-5});
+  v.push_back({Device::cuda(0), DType::F16, 2e-2, 1e-2});
+  v.push_back({Device::cuda(0), DType::BF16, 1e-1, 2e-2});
+#endif
   return v;
 }
+
+inline bool device_available(const Device& d) {
+  if (d.type == DeviceType::CPU) return true;
+#ifdef SDSERVE_WITH_CUDA
+  return d.index < cuda::device_count();
+#else
+  return false;
+#endif
+}
+
+#define SKIP_UNLESS_AVAILABLE(device)                                                           \
+  do {                                                                                          \
+    if (!::sdserve::test::device_available(device))                                             \
+      GTEST_SKIP() << "no " << (device).str() << " on this machine: the CUDA tests need a GPU"; \
+  } while (0)
 
 inline std::vector<float> random_values(size_t n, uint32_t seed, float lo = -1.f, float hi = 1.f) {
   std::mt19937 gen(seed);

@@ -1,0 +1,419 @@
+// The CUDA backend against the CPU engine (itself checked against PyTorch/diffusers elsewhere)
+// and against double-precision references. Built only with SDSERVE_WITH_CUDA; on a machine
+// without a GPU every test here skips and says why.
+//
+// Tolerances (max |gpu - reference|):
+//  - ops, f32 storage: 1e-5 * sqrt(reduction length) for GEMM-like ops (strict f32, no TF32);
+//  - ops, f16 / bf16 storage: 2e-2 / 1e-1 (inputs and outputs rounded to 11 / 8 mantissa bits);
+//  - tiny UNet/VAE vs diffusers goldens: 1e-4 in f32 (as on the CPU), 5e-2 in f16;
+//  - txt2img on the tiny models: f32 within 2/255 of diffusers (as on the CPU); f16 within
+//    4/255 of our CPU f32 image.
+#include "core/device.h"
+#include "core/error.h"
+#include "pipeline/stable_diffusion.h"
+#include "test_util.h"
+
+#ifdef SDSERVE_WITH_CUDA
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+
+#include "cuda/ops.h"
+#include "io/model_files.h"
+#include "io/safetensors.h"
+#include "models/clip_text.h"
+#include "models/loader.h"
+#include "models/unet.h"
+#include "models/vae.h"
+#include "ops/activation.h"
+#include "ops/add.h"
+#include "ops/attention.h"
+#include "ops/concat.h"
+#include "ops/conv2d.h"
+#include "ops/group_norm.h"
+#include "ops/layer_norm.h"
+#include "ops/linear.h"
+#include "ops/softmax.h"
+#include "ops/upsample.h"
+#endif
+
+namespace sdserve::test {
+namespace {
+
+TEST(CudaDevice, MissingDeviceIsAClearError) {
+  // Runs in every build: without CUDA compiled in, or with no such GPU, loading says so.
+  LoadOptions o;
+  o.device = Device::cuda(7);
+  try {
+    StableDiffusion::load("/nonexistent-model", o);
+    FAIL() << "expected an error";
+  } catch (const UnsupportedError& e) {
+    EXPECT_NE(std::string(e.what()).find("cuda:7"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(parse_device("cuda:x"), InvalidArgument);
+  EXPECT_THROW(parse_device("gpu"), InvalidArgument);
+}
+
+#ifdef SDSERVE_WITH_CUDA
+
+namespace fs = std::filesystem;
+const fs::path kFixtures = fs::path(SDSERVE_SOURCE_DIR) / "tests" / "fixtures";
+
+struct DT {
+  DType dtype;
+  double atol;
+};
+
+std::string dt_name(const testing::TestParamInfo<DT>& i) { return dtype_name(i.param.dtype); }
+
+const Device kGpu = Device::cuda(0);
+
+// Random values rounded to `dt`, on the CPU.
+Tensor host_rand(const Shape& s, uint32_t seed, DType dt, float lo = -1.f, float hi = 1.f) {
+  return Tensor::from_vector(random_values(size_t(shape_numel(s)), seed, lo, hi), s, dt);
+}
+
+// Runs `fn` on the CPU in f32 (inputs: the dt-rounded values) and on the GPU in dt, and
+// compares the two results.
+class CudaVsCpu : public testing::TestWithParam<DT> {
+ protected:
+  void SetUp() override { SKIP_UNLESS_AVAILABLE(kGpu); }
+  DType dt() const { return GetParam().dtype; }
+  void compare(const Tensor& gpu, const Tensor& cpu_f32, const std::string& what, double scale = 1.0) {
+    ASSERT_EQ(gpu.device(), kGpu) << what;
+    ASSERT_EQ(gpu.dtype(), dt()) << what;
+    ASSERT_EQ(gpu.shape(), cpu_f32.shape()) << what;
+    // The CPU result rounded to dt is what a perfect dt kernel returns; allow atol around it.
+    const auto want = stored(cpu_f32.to(dt()));
+    expect_close(gpu.to_vector(), want, GetParam().atol * scale, GetParam().atol == 1e-5 ? 1e-5 : 1e-2, what);
+  }
+  // Same values as f32 on the CPU, and as dt on the GPU.
+  std::pair<Tensor, Tensor> pair(const Shape& s, uint32_t seed, float lo = -1.f, float hi = 1.f) {
+    const Tensor h = host_rand(s, seed, dt(), lo, hi);
+    return {h.to(DType::F32), h.to(kGpu)};
+  }
+};
+
+TEST_P(CudaVsCpu, Conv2dShapesStridesAndPadding) {
+  struct C {
+    Shape x;
+    int64_t o, k, stride, pt, pl, pb, pr;
+  };
+  for (const C& c : {C{{2, 4, 9, 7}, 6, 3, 1, 1, 1, 1, 1}, C{{1, 8, 16, 16}, 8, 3, 2, 0, 0, 1, 1},
+                     C{{2, 5, 6, 6}, 3, 1, 1, 0, 0, 0, 0}, C{{1, 32, 20, 24}, 64, 3, 1, 1, 1, 1, 1},
+                     C{{1, 3, 5, 5}, 2, 3, 1, 0, 0, 0, 0}}) {
+    const auto [xc, xg] = pair(c.x, 1);
+    const auto [wc, wg] = pair({c.o, c.x[1], c.k, c.k}, 2, -0.5f, 0.5f);
+    const auto [bc, bg] = pair({c.o}, 3);
+    const ops::Conv2dOptions opt{c.stride, c.pt, c.pl, c.pb, c.pr};
+    compare(ops::conv2d(xg, wg, &bg, opt), ops::conv2d(xc, wc, &bc, opt), "conv2d " + shape_str(c.x),
+            std::sqrt(double(c.x[1] * c.k * c.k)));
+  }
+}
+
+TEST_P(CudaVsCpu, LinearAndBatchedRows) {
+  for (auto [rows, in, out] : {std::tuple{1, 1, 1}, {77, 64, 48}, {2, 130, 33}, {4096, 40, 40}, {3, 320, 1280}}) {
+    const auto [xc, xg] = pair({rows, in}, 4);
+    const auto [wc, wg] = pair({out, in}, 5);
+    const auto [bc, bg] = pair({out}, 6);
+    compare(ops::linear(xg, wg, &bg), ops::linear(xc, wc, &bc), "linear", std::sqrt(double(in)));
+    compare(ops::linear(xg, wg), ops::linear(xc, wc), "linear no bias", std::sqrt(double(in)));
+  }
+}
+
+TEST_P(CudaVsCpu, NormsActivationsAndElementwise) {
+  {
+    for (const Shape& s : {Shape{2, 32, 8, 8}, Shape{1, 12, 130, 67}, Shape{2, 64, 4, 4}, Shape{1, 128, 256, 256}}) {
+      const auto [xc, xg] = pair(s, 7, -3.f, 5.f);
+      const auto [gc, gg] = pair({s[1]}, 8);
+      const auto [bc, bg] = pair({s[1]}, 9);
+      for (bool silu : {false, true}) {
+        const int64_t groups = s[1] == 12 ? 3 : 32;
+        compare(ops::group_norm(xg, groups, gg, bg, 1e-5f, silu), ops::group_norm(xc, groups, gc, bc, 1e-5f, silu),
+                "group_norm " + shape_str(s), 4);
+      }
+    }
+  }
+  for (int64_t dim : {1, 15, 320, 768, 1280, 4099}) {
+    const auto [xc, xg] = pair({3, 7, dim}, 10, -2.f, 3.f);
+    const auto [gc, gg] = pair({dim}, 11);
+    const auto [bc, bg] = pair({dim}, 12);
+    compare(ops::layer_norm(xg, gg, bg, 1e-5f), ops::layer_norm(xc, gc, bc, 1e-5f), "layer_norm", 4);
+  }
+  for (int64_t cols : {1, 77, 1000, 4096 + 3}) {
+    const auto [xc, xg] = pair({5, cols}, 13, -8.f, 8.f);
+    compare(ops::softmax(xg), ops::softmax(xc), "softmax cols " + std::to_string(cols));
+  }
+  for (auto act :
+       {ops::Activation::GELU, ops::Activation::GELUTanh, ops::Activation::QuickGELU, ops::Activation::SiLU}) {
+    const auto [xc, xg] = pair({3, 1001}, 14, -6.f, 6.f);
+    compare(ops::activation(xg, act), ops::activation(xc, act), ops::activation_name(act));
+  }
+  {
+    const auto [xc, xg] = pair({2, 9, 2 * 1280}, 15, -4.f, 4.f);
+    compare(ops::geglu(xg), ops::geglu(xc), "geglu");
+  }
+  {
+    const auto [ac, ag] = pair({2, 3, 5, 7}, 16);
+    const auto [bc, bg] = pair({5, 7}, 17);
+    compare(ops::add(ag, bg), ops::add(ac, bc), "add broadcast");
+    const auto [pc, pg] = pair({2, 3}, 18);
+    compare(ops::add_channelwise(ag, pg), ops::add_channelwise(ac, pc), "add_channelwise");
+  }
+  {
+    const auto [xc, xg] = pair({2, 3, 5, 7}, 19);
+    compare(ops::upsample_nearest(xg, 10, 14), ops::upsample_nearest(xc, 10, 14), "upsample x2");
+    compare(ops::upsample_nearest(xg, 9, 13), ops::upsample_nearest(xc, 9, 13), "upsample odd");
+    const auto [yc, yg] = pair({2, 4, 5, 7}, 20);
+    compare(ops::concat({xg, yg}, 1), ops::concat({xc, yc}, 1), "concat dim 1");
+    compare(ops::concat({xg, xg, xg}, 0), ops::concat({xc, xc, xc}, 0), "concat dim 0");
+  }
+}
+
+TEST_P(CudaVsCpu, ConversionsViewsAndCopies) {
+  const Tensor h = host_rand({3, 4, 5}, 21, dt(), -100.f, 100.f);
+  const Tensor g = h.to(kGpu);
+  // Round trips and casts are exact (same rounding rule as the CPU).
+  for (DType to : {DType::F32, DType::F16, DType::BF16}) {
+    const auto got = g.to(to).to(Device::cpu()).to_vector(), want = h.to(to).to_vector();
+    EXPECT_EQ(got, want) << dtype_name(dt()) << " -> " << dtype_name(to);
+  }
+  EXPECT_EQ(g.permute({2, 0, 1}).contiguous().to_vector(), h.permute({2, 0, 1}).contiguous().to_vector());
+  EXPECT_EQ(g.narrow(1, 1, 2).to_vector(), h.narrow(1, 1, 2).to_vector());
+  Tensor z = Tensor::zeros({3, 4, 5}, dt(), kGpu);
+  for (float v : z.to_vector()) ASSERT_EQ(v, 0.f);
+  Tensor win = z.narrow(2, 1, 3);
+  win.copy_(g.narrow(2, 0, 3));
+  const auto zv = z.to_vector(), hv = h.to_vector();
+  for (int64_t i = 0; i < 12; ++i) {
+    EXPECT_EQ(zv[size_t(i * 5)], 0.f);
+    EXPECT_EQ(zv[size_t(i * 5 + 4)], 0.f);
+    for (int64_t j = 0; j < 3; ++j) EXPECT_EQ(zv[size_t(i * 5 + 1 + j)], hv[size_t(i * 5 + j)]);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Gpu, CudaVsCpu,
+                         testing::Values(DT{DType::F32, 1e-5}, DT{DType::F16, 2e-2}, DT{DType::BF16, 1e-1}), dt_name);
+
+// Both attention implementations against the double-precision reference, on the shapes Stable
+// Diffusion uses (and odd ones), from permuted [B, T, H, d] projections as the models pass them.
+struct AttnCase {
+  DType dtype;
+  cuda::AttentionImpl impl;
+};
+
+class CudaAttention : public testing::TestWithParam<AttnCase> {
+ protected:
+  void SetUp() override {
+    SKIP_UNLESS_AVAILABLE(kGpu);
+    saved_ = cuda::attention_impl();
+    cuda::set_attention_impl(GetParam().impl);
+  }
+  void TearDown() override { cuda::set_attention_impl(saved_); }
+  cuda::AttentionImpl saved_ = cuda::AttentionImpl::Auto;
+};
+
+TEST_P(CudaAttention, MatchesDoubleReference) {
+  const DType dt = GetParam().dtype;
+  const double atol = dt == DType::F32 ? 2e-5 : dt == DType::F16 ? 2e-2 : 1e-1;
+  struct S {
+    int B, H, Tq, Tk, d, dv;
+    bool causal;
+  };
+  for (const S& s :
+       {S{1, 1, 1, 1, 8, 8, false}, S{2, 3, 77, 77, 64, 64, true}, S{1, 2, 7, 77, 40, 40, false},
+        S{2, 2, 300, 300, 40, 40, false}, S{1, 1, 4096 + 3, 4096 + 3, 40, 40, false}, S{1, 2, 256, 77, 160, 160, false},
+        S{1, 1, 200, 200, 80, 80, false}, S{1, 3, 130, 130, 24, 24, true}, S{2, 1, 65, 33, 8, 8, false}}) {
+    // Projections [B, T, H, d] viewed as [B, H, T, d]: token stride H*d, as in the UNet.
+    const Tensor qh = host_rand({s.B, s.Tq, s.H, s.d}, 30, dt), kh = host_rand({s.B, s.Tk, s.H, s.d}, 31, dt);
+    const Tensor vh = host_rand({s.B, s.Tk, s.H, s.dv}, 32, dt);
+    auto heads = [](const Tensor& t) { return t.permute({0, 2, 1, 3}); };
+    const auto want = attention_reference(stored(heads(qh).contiguous()), stored(heads(kh).contiguous()),
+                                          stored(heads(vh).contiguous()), s.B * s.H, s.Tq, s.Tk, s.d, s.dv, s.causal);
+    const Tensor got = ops::attention(heads(qh.to(kGpu)), heads(kh.to(kGpu)), heads(vh.to(kGpu)), s.causal);
+    ASSERT_EQ(got.shape(), (Shape{s.B, s.H, s.Tq, s.dv}));
+    expect_close(got.contiguous().to_vector(), want, atol, dt == DType::F32 ? 1e-5 : 1e-2,
+                 "attention " + std::to_string(s.Tq) + "x" + std::to_string(s.Tk) + " d=" + std::to_string(s.d));
+  }
+}
+
+TEST_P(CudaAttention, WideHeadsFallBackOrRefuse) {
+  // The VAE's single 512-wide head: the fused kernel declines it; Auto falls back to the GEMM path.
+  const DType dt = GetParam().dtype;
+  const Tensor q = host_rand({1, 1, 64, 512}, 33, dt).to(kGpu);
+  if (GetParam().impl == cuda::AttentionImpl::Flash) {
+    try {
+      ops::attention(q, q, q, false);
+    } catch (const UnsupportedError&) {
+      return;  // declining is allowed; silently wrong is not
+    }
+  }
+  const auto want = attention_reference(stored(q.to(Device::cpu())), stored(q.to(Device::cpu())),
+                                        stored(q.to(Device::cpu())), 1, 64, 64, 512, 512, false);
+  expect_close(ops::attention(q, q, q, false).to_vector(), want, dt == DType::F32 ? 2e-5 : 1e-1, 1e-2, "d=512");
+}
+
+std::string attn_name(const testing::TestParamInfo<AttnCase>& i) {
+  const char* impl = i.param.impl == cuda::AttentionImpl::Flash  ? "flash"
+                     : i.param.impl == cuda::AttentionImpl::Math ? "math"
+                                                                 : "auto";
+  return std::string(impl) + "_" + dtype_name(i.param.dtype);
+}
+
+INSTANTIATE_TEST_SUITE_P(Gpu, CudaAttention,
+                         testing::Values(AttnCase{DType::F32, cuda::AttentionImpl::Math},
+                                         AttnCase{DType::F16, cuda::AttentionImpl::Math},
+                                         AttnCase{DType::BF16, cuda::AttentionImpl::Math},
+                                         AttnCase{DType::F32, cuda::AttentionImpl::Flash},
+                                         AttnCase{DType::F16, cuda::AttentionImpl::Flash},
+                                         AttnCase{DType::BF16, cuda::AttentionImpl::Flash}),
+                         attn_name);
+
+// The tiny models against the diffusers goldens used by the CPU tests.
+class CudaTinyModel : public testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    SKIP_UNLESS_AVAILABLE(kGpu);
+    golden_ = std::make_unique<SafeTensorsFile>(
+        SafeTensorsFile::open((kFixtures / "golden" / "unet_vae" / (GetParam() + ".safetensors")).string()));
+    model_ = std::make_unique<ModelFiles>(ModelFiles::open((kFixtures / "models" / GetParam()).string()));
+  }
+  Tensor g(const std::string& name) const { return golden_->get_as(name, DType::F32); }
+  std::unique_ptr<SafeTensorsFile> golden_;
+  std::unique_ptr<ModelFiles> model_;
+};
+
+TEST_P(CudaTinyModel, UNetAndVaeMatchDiffusers) {
+  for (auto [dt, tol] : {std::pair{DType::F32, 1e-4}, std::pair{DType::F16, 5e-2}}) {
+    const UNet unet = UNet::load(UNetConfig::from_json(model_->component_config("unet")),
+                                 model_->component("unet").with_device(kGpu), dt);
+    for (const std::string c : {"unet_a", "unet_b"}) {
+      const Tensor out = unet.forward(g(c + "_x"), g(c + "_t").to_vector(), g(c + "_ctx"));
+      EXPECT_EQ(out.device(), kGpu);
+      EXPECT_LE(max_abs_diff(out.to(DType::F32).to(Device::cpu()), g(c + "_out")), tol) << c << " " << dtype_name(dt);
+    }
+    const VAE vae = VAE::load(VAEConfig::from_json(model_->component_config("vae")),
+                              model_->component("vae").with_device(kGpu), dt);
+    for (const std::string c : {"dec_a", "dec_b"})
+      EXPECT_LE(max_abs_diff(vae.decode(g(c + "_z")).to(DType::F32).to(Device::cpu()), g(c + "_out")), tol)
+          << c << " " << dtype_name(dt);
+    EXPECT_LE(max_abs_diff(vae.encode_moments(g("enc_a_x")).to(DType::F32).to(Device::cpu()), g("enc_a_out")), tol)
+        << dtype_name(dt);
+    const Tensor tiled = vae.decode_tiled(g("tdec_a_z"));
+    EXPECT_LE(max_abs_diff(tiled.to(DType::F32).to(Device::cpu()), g("tdec_a_out")), tol) << dtype_name(dt);
+  }
+}
+
+TEST_P(CudaTinyModel, SteadyStateAllocatesNothingFromTheDriver) {
+  const UNet unet = UNet::load(UNetConfig::from_json(model_->component_config("unet")),
+                               model_->component("unet").with_device(kGpu), DType::F16);
+  const std::vector<float> t = g("unet_a_t").to_vector();
+  for (int i = 0; i < 2; ++i) unet.forward(g("unet_a_x"), t, g("unet_a_ctx"));
+  cuda::synchronize(0);
+  const uint64_t before = cuda::memory_stats(0).driver_allocs;
+  for (int i = 0; i < 3; ++i) unet.forward(g("unet_a_x"), t, g("unet_a_ctx"));
+  cuda::synchronize(0);
+  EXPECT_EQ(cuda::memory_stats(0).driver_allocs, before) << "a repeated step should reuse cached blocks only";
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, CudaTinyModel, testing::Values("sd1-tiny", "sd2-tiny", "odd-tiny"),
+                         [](const testing::TestParamInfo<std::string>& i) {
+                           std::string s = i.param;
+                           for (char& ch : s)
+                             if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+                           return s;
+                         });
+
+// txt2img on the GPU: every golden case of the tiny models (diffusers layout).
+struct ImgCase {
+  std::string model, key, sampler, schedule;
+  int steps = 0;
+};
+
+const SafeTensorsFile& txt2img_golden(const std::string& model) {
+  static std::mutex mu;
+  static std::map<std::string, std::unique_ptr<SafeTensorsFile>> files;
+  std::lock_guard<std::mutex> lock(mu);
+  auto& f = files[model];
+  if (!f)
+    f = std::make_unique<SafeTensorsFile>(
+        SafeTensorsFile::open((kFixtures / "golden" / "txt2img" / (model + ".safetensors")).string()));
+  return *f;
+}
+
+std::vector<ImgCase> img_cases() {
+  std::vector<ImgCase> out;
+  for (const std::string model : {"sd1-tiny", "sd2-tiny", "odd-tiny"}) {
+    const auto cases = nlohmann::json::parse(txt2img_golden(model).metadata().at("cases"));
+    for (const auto& c : cases)
+      out.push_back({model, c.at("key").get<std::string>(), c.at("sampler").get<std::string>(),
+                     c.at("schedule").get<std::string>(), c.at("steps").get<int>()});
+  }
+  return out;
+}
+
+const StableDiffusion& pipeline_for(const std::string& model, Device device, DType dt) {
+  static std::mutex mu;
+  static std::map<std::string, std::unique_ptr<StableDiffusion>> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto& m = cache[model + "|" + device.str() + "|" + dtype_name(dt)];
+  if (!m) {
+    LoadOptions o;
+    o.device = device;
+    o.dtype = dt;
+    m = StableDiffusion::load((kFixtures / "models" / model).string(), o);
+  }
+  return *m;
+}
+
+int max_pixel_diff(const std::vector<uint8_t>& a, const uint8_t* b, size_t n) {
+  int worst = 0;
+  for (size_t i = 0; i < n; ++i) worst = std::max(worst, std::abs(int(a[i]) - int(b[i])));
+  return worst;
+}
+
+class CudaTxt2Img : public testing::TestWithParam<ImgCase> {
+ protected:
+  void SetUp() override { SKIP_UNLESS_AVAILABLE(kGpu); }
+};
+
+TEST_P(CudaTxt2Img, F32MatchesDiffusersAndF16MatchesCpu) {
+  const ImgCase& c = GetParam();
+  const SafeTensorsFile& g = txt2img_golden(c.model);
+  const auto& md = g.metadata();
+  GenerateRequest r;
+  r.prompt = md.at("prompt");
+  r.negative_prompt = md.at("negative_prompt");
+  r.width = std::stoi(md.at("width"));
+  r.height = std::stoi(md.at("height"));
+  r.steps = c.steps;
+  r.cfg_scale = std::stof(md.at("cfg"));
+  r.seed = std::stoll(md.at("seed"));
+  r.rng = RngKind::CPU;
+  r.sampler = c.sampler;
+  r.schedule = c.schedule;
+  const Tensor want = g.get(c.key);
+  const auto f32 = pipeline_for(c.model, kGpu, DType::F32).txt2img(r);
+  ASSERT_EQ(int64_t(f32[0].rgb.size()), want.numel());
+  EXPECT_LE(max_pixel_diff(f32[0].rgb, want.data<uint8_t>(), f32[0].rgb.size()), 2) << "cuda f32 vs diffusers";
+  const auto cpu = pipeline_for(c.model, Device::cpu(), DType::F32).txt2img(r);
+  const auto f16 = pipeline_for(c.model, kGpu, DType::F16).txt2img(r);
+  const int d16 = max_pixel_diff(f16[0].rgb, cpu[0].rgb.data(), cpu[0].rgb.size());
+  RecordProperty("f16_max_abs_diff", d16);
+  EXPECT_LE(d16, 4) << "cuda f16 vs cpu f32";
+}
+
+INSTANTIATE_TEST_SUITE_P(Goldens, CudaTxt2Img, testing::ValuesIn(img_cases()),
+                         [](const testing::TestParamInfo<ImgCase>& i) {
+                           std::string s = i.param.model.substr(0, 3) + "_" + i.param.key;
+                           for (char& ch : s)
+                             if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+                           return s;
+                         });
+
+#endif  // SDSERVE_WITH_CUDA
+
+}  // namespace
+}  // namespace sdserve::test
