@@ -3,6 +3,7 @@
 # and a short libFuzzer smoke run of each fuzz target.
 #   FUZZ_SECONDS=N  seconds per fuzz target (default 60; 0 skips fuzzing)
 #   SKIP_ASAN=1     skip the sanitizer build (quick local iterations)
+#   SKIP_CUDA=1     skip the CUDA compile check (it runs when /usr/local/cuda/bin/nvcc exists)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -14,7 +15,7 @@ export OMP_WAIT_POLICY=passive
 "$here/scripts/deps.sh"
 
 echo "== format check"
-mapfile -t sources < <(git ls-files 'src/*.cc' 'src/*.h' 'tests/unit/*.cc' 'tests/unit/*.h' 'fuzz/*.cc' 'bench/*.cc' 'bench/*.h' \
+mapfile -t sources < <(git ls-files 'src/*.cc' 'src/*.h' 'src/*.cu' 'tests/unit/*.cc' 'tests/unit/*.h' 'fuzz/*.cc' 'bench/*.cc' 'bench/*.h' \
                         | grep -v 'unicode_tables')
 clang-format --dry-run --Werror "${sources[@]}"
 
@@ -25,6 +26,15 @@ ctest --test-dir build/release --output-on-failure -j "$jobs"
 
 echo "== CLI black-box tests"
 SDSERVE_BIN="$here/build/release/sdserve" python3 -m pytest -q tests/e2e
+
+if [[ -x /usr/local/cuda/bin/nvcc && "${SKIP_CUDA:-0}" != 1 ]]; then
+  # The CUDA build (sm_75/86/89/90) must compile here although nothing can run it: its GPU
+  # tests run on a lent GPU (tools/device/run_gpu_checks.sh) and skip here, saying so.
+  echo "== CUDA build (compile only; GPU tests skip without a GPU)"
+  PATH=/usr/local/cuda/bin:$PATH cmake --preset cuda -DSDSERVE_BUILD_BENCH=ON >/dev/null
+  PATH=/usr/local/cuda/bin:$PATH cmake --build build/cuda -j "$jobs" --target sdserve sdserve_unit_tests sdserve_bench
+  build/cuda/sdserve_unit_tests --gtest_brief=1 --gtest_filter='Cuda*:*/Cuda*:Device.*'
+fi
 
 if [[ "${SKIP_ASAN:-0}" != 1 ]]; then
   echo "== ASan/UBSan build + unit tests"
