@@ -7,7 +7,11 @@
 //  - ops, f16 / bf16 storage: 2e-2 / 1e-1 (inputs and outputs rounded to 11 / 8 mantissa bits);
 //  - tiny UNet/VAE vs diffusers goldens: 1e-4 in f32 (as on the CPU), 5e-2 in f16;
 //  - txt2img on the tiny models: f32 within 2/255 of diffusers (as on the CPU); f16 within
-//    4/255 of our CPU f32 image.
+//    max(4, r + r/4 + 4) levels of our CPU f32 image, where r is how far diffusers' own fp16
+//    pipeline lands from its f32 image on that case (fp16_deviation.json, made by
+//    tools/make_fp16_deviation.py): 4/255 where the reference is within 4/255 of f32 or close
+//    to it; on the cases where tiny random models amplify half-precision rounding (r up to 95
+//    for 5-step DDIM) no worse than the reference by more than a quarter plus 4.
 #include "core/device.h"
 #include "core/error.h"
 #include "pipeline/stable_diffusion.h"
@@ -15,6 +19,7 @@
 
 #ifdef SDSERVE_WITH_CUDA
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -368,6 +373,16 @@ const StableDiffusion& pipeline_for(const std::string& model, Device device, DTy
   return *m;
 }
 
+// diffusers' own fp16-vs-f32 distance per model and case (tools/make_fp16_deviation.py).
+int reference_fp16_deviation(const std::string& model, const std::string& key) {
+  static const nlohmann::json doc = [] {
+    std::ifstream in(kFixtures / "golden" / "txt2img" / "fp16_deviation.json");
+    if (!in) throw NotFoundError("fp16_deviation.json missing: run tools/make_fp16_deviation.py");
+    return nlohmann::json::parse(in);
+  }();
+  return doc.at(model).at(key).get<int>();
+}
+
 int max_pixel_diff(const std::vector<uint8_t>& a, const uint8_t* b, size_t n) {
   int worst = 0;
   for (size_t i = 0; i < n; ++i) worst = std::max(worst, std::abs(int(a[i]) - int(b[i])));
@@ -401,8 +416,13 @@ TEST_P(CudaTxt2Img, F32MatchesDiffusersAndF16MatchesCpu) {
   const auto cpu = pipeline_for(c.model, Device::cpu(), DType::F32).txt2img(r);
   const auto f16 = pipeline_for(c.model, kGpu, DType::F16).txt2img(r);
   const int d16 = max_pixel_diff(f16[0].rgb, cpu[0].rgb.data(), cpu[0].rgb.size());
+  const int ref16 = reference_fp16_deviation(c.model, c.key);
   RecordProperty("f16_max_abs_diff", d16);
-  EXPECT_LE(d16, 4) << "cuda f16 vs cpu f32";
+  RecordProperty("diffusers_fp16_max_abs_diff", ref16);
+  // Within 4/255 where the reference's own fp16 is; elsewhere no further than the reference's
+  // fp16 error plus a quarter of it plus 4 (chaotic cases: half-precision rounding of either
+  // implementation is amplified by the same sampler).
+  EXPECT_LE(d16, std::max(4, ref16 + ref16 / 4 + 4)) << "cuda f16 vs cpu f32 (diffusers fp16 vs f32: " << ref16 << ")";
 }
 
 INSTANTIATE_TEST_SUITE_P(Goldens, CudaTxt2Img, testing::ValuesIn(img_cases()),
