@@ -56,7 +56,10 @@ void* Library::workspace(size_t bytes) {
 }
 
 Library& library(int device) {
-  static std::array<std::unique_ptr<Library>, 16> libs;
+  // Never destroyed (like the allocator's pools): destroying handles after the CUDA runtime has
+  // shut down at exit is undefined.
+  static auto* libs_ptr = new std::array<std::unique_ptr<Library>, 16>;
+  auto& libs = *libs_ptr;
   static std::mutex create_mu;
   require_device(device);
   std::lock_guard<std::mutex> lock(create_mu);

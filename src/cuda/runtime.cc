@@ -36,8 +36,10 @@ struct DevicePool {
 };
 
 std::array<DevicePool, kMaxDevices>& pools() {
-  static std::array<DevicePool, kMaxDevices> p;
-  return p;
+  // Never destroyed: tensors held by other statics are freed after this function's statics
+  // would be, and their deleters return blocks here. The driver reclaims everything at exit.
+  static auto* p = new std::array<DevicePool, kMaxDevices>;
+  return *p;
 }
 
 DevicePool& pool(int device) {
