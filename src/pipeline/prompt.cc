@@ -1,7 +1,12 @@
 #include "pipeline/prompt.h"
 
 #include <charconv>
+#include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <map>
+
+#include "core/error.h"
 
 #include "pipeline/tokenizer.h"
 
@@ -180,6 +185,148 @@ std::vector<PromptPiece> parse_prompt_attention(std::string_view s) {
     }
   }
   return res;
+}
+
+ExtraNetworkPrompt parse_extra_networks(std::string_view s) {
+  ExtraNetworkPrompt out;
+  size_t i = 0;
+  while (i < s.size()) {
+    if (s[i] == '<') {
+      // \w+ (maximal: it cannot contain ':'), then ':', then [^>]+ up to the first '>'.
+      size_t j = i + 1, len = 0;
+      while (j < s.size() && py_word(decode_at(s, j, &len))) j += len;
+      const size_t close = j < s.size() && s[j] == ':' ? s.find('>', j + 1) : std::string_view::npos;
+      if (j > i + 1 && close != std::string_view::npos && close > j + 1) {
+        ExtraNetworkCall call;
+        call.network = std::string(s.substr(i + 1, j - i - 1));
+        const std::string_view args = s.substr(j + 1, close - j - 1);
+        size_t a = 0;
+        while (true) {
+          const size_t colon = args.find(':', a);
+          call.items.emplace_back(args.substr(a, colon == std::string_view::npos ? args.npos : colon - a));
+          if (colon == std::string_view::npos) break;
+          a = colon + 1;
+        }
+        out.calls.push_back(std::move(call));
+        i = close + 1;
+        continue;
+      }
+    }
+    out.prompt += s[i++];
+  }
+  return out;
+}
+
+namespace {
+
+// Python float() on a multiplier: surrounding whitespace allowed; finite values only.
+bool parse_multiplier(const std::string& text, float* out) {
+  size_t b = 0, e = text.size();
+  while (b < e && py_space(static_cast<unsigned char>(text[b]))) ++b;
+  while (e > b && py_space(static_cast<unsigned char>(text[e - 1]))) --e;
+  if (b == e) return false;
+  const std::string t = text.substr(b, e - b);
+  char* end = nullptr;
+  const double v = std::strtod(t.c_str(), &end);
+  if (end != t.c_str() + t.size() || !std::isfinite(v)) return false;
+  *out = float(v);
+  return true;
+}
+
+std::string tag_text(const ExtraNetworkCall& c) {
+  std::string t = "<" + c.network;
+  for (const auto& item : c.items) t += ":" + item;
+  return t + ">";
+}
+
+}  // namespace
+
+std::vector<LoraCall> lora_calls(const std::vector<ExtraNetworkCall>& calls) {
+  std::vector<LoraCall> out;
+  for (const ExtraNetworkCall& c : calls) {
+    if (c.network != "lora" && c.network != "lyco") continue;
+    std::vector<std::string> positional;
+    std::map<std::string, std::string> named;
+    for (const std::string& item : c.items) {
+      const size_t eq = item.find('=');
+      // Python's item.split('=', 2): exactly two parts make a named argument.
+      if (eq != std::string::npos && item.find('=', eq + 1) == std::string::npos)
+        named[item.substr(0, eq)] = item.substr(eq + 1);
+      else
+        positional.push_back(item);
+    }
+    if (positional.empty() || positional[0].empty())
+      throw InvalidArgument("prompt tag " + tag_text(c) + " names no LoRA: write <lora:NAME:WEIGHT>");
+    LoraCall l;
+    l.name = positional[0];
+    auto number = [&](const std::string& text, const char* what) {
+      float v = 0.f;
+      if (!parse_multiplier(text, &v))
+        throw InvalidArgument("prompt tag " + tag_text(c) + ": " + what + " multiplier '" + text +
+                              "' is not a number (write e.g. <lora:" + l.name + ":0.8>)");
+      return v;
+    };
+    if (positional.size() > 1) l.te_multiplier = number(positional[1], "text-encoder");
+    if (named.count("te")) l.te_multiplier = number(named["te"], "te=");
+    l.unet_multiplier = positional.size() > 2 ? number(positional[2], "UNet") : l.te_multiplier;
+    if (named.count("unet")) l.unet_multiplier = number(named["unet"], "unet=");
+    out.push_back(std::move(l));
+  }
+  return out;
+}
+
+std::vector<PromptChunk> chunk_prompt(const ClipTokenizer& tok, std::string_view prompt, const ChunkOptions& opt) {
+  constexpr size_t kChunk = 75;
+  const std::vector<int32_t> comma_ids = tok.tokenize(",");
+  const int32_t comma = comma_ids.size() == 1 ? comma_ids[0] : -1;
+  std::vector<PromptChunk> chunks;
+  std::vector<int32_t> ids;
+  std::vector<float> mult;
+  int64_t last_comma = -1;
+  auto next_chunk = [&] {
+    if (chunks.size() == opt.max_chunks)
+      throw InvalidArgument("prompt too long: more than " + std::to_string(opt.max_chunks) + " chunks of 75 tokens (" +
+                            std::to_string(opt.max_chunks * kChunk) + " tokens); shorten it");
+    PromptChunk c;
+    c.ids.reserve(kChunk + 2);
+    c.ids.push_back(tok.bos_id());
+    c.ids.insert(c.ids.end(), ids.begin(), ids.end());
+    c.ids.push_back(tok.eos_id());  // the first EOS; everything after it is padding
+    c.ids.resize(kChunk + 2, tok.pad_id());
+    c.multipliers.push_back(1.f);
+    c.multipliers.insert(c.multipliers.end(), mult.begin(), mult.end());
+    c.multipliers.resize(kChunk + 2, 1.f);
+    chunks.push_back(std::move(c));
+    ids.clear();
+    mult.clear();
+    last_comma = -1;
+  };
+  for (const PromptPiece& piece : parse_prompt_attention(prompt)) {
+    if (piece.weight == -1 && piece.text == "BREAK") {
+      next_chunk();
+      continue;
+    }
+    for (int32_t t : tok.tokenize(piece.text)) {
+      if (t == comma) {
+        last_comma = int64_t(ids.size());
+      } else if (opt.comma_backtrack != 0 && ids.size() == kChunk && last_comma != -1 &&
+                 int64_t(ids.size()) - last_comma <= opt.comma_backtrack) {
+        const size_t cut = size_t(last_comma) + 1;
+        std::vector<int32_t> moved_ids(ids.begin() + int64_t(cut), ids.end());
+        std::vector<float> moved_mult(mult.begin() + int64_t(cut), mult.end());
+        ids.resize(cut);
+        mult.resize(cut);
+        next_chunk();
+        ids = std::move(moved_ids);
+        mult = std::move(moved_mult);
+      }
+      if (ids.size() == kChunk) next_chunk();
+      ids.push_back(t);
+      mult.push_back(float(piece.weight));
+    }
+  }
+  if (!ids.empty() || chunks.empty()) next_chunk();
+  return chunks;
 }
 
 }  // namespace sdserve

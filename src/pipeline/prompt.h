@@ -13,11 +13,14 @@
 // Python's float() rejects, such as "(a:1.2.3)"; here that token is kept as literal text.
 // docs/PROMPTS.md has the details; tools/make_prompt_goldens.py holds the reference.
 #pragma once
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
 
 namespace sdserve {
+
+class ClipTokenizer;
 
 struct PromptPiece {
   std::string text;  // UTF-8, exactly as written (escapes resolved)
@@ -26,5 +29,45 @@ struct PromptPiece {
 };
 
 std::vector<PromptPiece> parse_prompt_attention(std::string_view prompt);
+
+// A1111 extra networks (modules/extra_networks.py): every <name:args> tag (regex
+// <(\w+):([^>]+)>, \w Unicode-aware) is cut out of the prompt, and its args are split at ':'.
+// A1111 does this on the positive prompt only; a tag in the negative prompt stays text.
+struct ExtraNetworkCall {
+  std::string network;             // "lora", "lyco", "hypernet", ...
+  std::vector<std::string> items;  // args split at ':'
+};
+struct ExtraNetworkPrompt {
+  std::string prompt;  // the prompt with the tags removed
+  std::vector<ExtraNetworkCall> calls;
+};
+ExtraNetworkPrompt parse_extra_networks(std::string_view prompt);
+
+// <lora:NAME[:TE[:UNET]]> with te=/unet= named forms, as A1111's extra_networks_lora: the UNet
+// multiplier defaults to the text-encoder one, which defaults to 1. ("lyco" is an alias.)
+// Throws InvalidArgument naming the tag when a multiplier is not a finite number or the name
+// is missing.
+struct LoraCall {
+  std::string name;
+  float te_multiplier = 1.f;
+  float unet_multiplier = 1.f;
+};
+std::vector<LoraCall> lora_calls(const std::vector<ExtraNetworkCall>& calls);
+
+// A1111's long-prompt chunking (modules/sd_hijack_clip.py, default options): the parsed pieces
+// are tokenized one by one; tokens fill chunks of 75; BREAK closes a chunk; when a chunk is full
+// and a comma came within its last `comma_backtrack` tokens, what follows the comma moves to the
+// next chunk. Each chunk is [BOS] + 75 + [EOS] ids, padded with EOS, and every position after
+// its first EOS holds the tokenizer's pad id (A1111's id_pad: EOS for OpenAI CLIP, 0 for
+// OpenCLIP), with a multiplier per position (1 for BOS/EOS/padding). An empty prompt is one chunk.
+struct PromptChunk {
+  std::vector<int32_t> ids;
+  std::vector<float> multipliers;
+};
+struct ChunkOptions {
+  int comma_backtrack = 20;  // A1111's comma_padding_backtrack; 0 disables it
+  size_t max_chunks = 64;    // more is an InvalidArgument (a prompt of ~4800 tokens)
+};
+std::vector<PromptChunk> chunk_prompt(const ClipTokenizer& tok, std::string_view prompt, const ChunkOptions& opt = {});
 
 }  // namespace sdserve

@@ -1,5 +1,6 @@
 #include "pipeline/stable_diffusion.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <fstream>
@@ -9,6 +10,7 @@
 #include "io/png.h"
 #include "models/loader.h"
 #include "ops/concat.h"
+#include "pipeline/prompt.h"
 #ifdef SDSERVE_WITH_CUDA
 #include "cuda/runtime.h"
 #endif
@@ -57,7 +59,9 @@ std::unique_ptr<StableDiffusion> StableDiffusion::load(const std::string& path, 
 #ifdef SDSERVE_WITH_CUDA
   if (opt.device.type == DeviceType::CUDA) cuda::require_device(opt.device.index);
 #endif
+  SD_CHECK_ARG(opt.max_prompt_chunks >= 1, "max prompt chunks must be at least 1");
   auto sd = std::make_unique<StableDiffusion>();
+  sd->max_prompt_chunks_ = opt.max_prompt_chunks;
   sd->files_ = std::make_unique<ModelFiles>(ModelFiles::open(path));
   const ModelFiles& m = *sd->files_;
   const ModelInfo& info = m.info();
@@ -149,10 +153,26 @@ void validate_request(const GenerateRequest& r) {
                "guidance rescale must be between 0 and 1");
   SD_CHECK_ARG(std::isfinite(r.eta) && r.eta >= 0 && r.eta <= 1, "eta must be between 0 and 1");
   parse_sampler(r.sampler, r.schedule);  // throws with the list of valid names
+  // Extra networks: a malformed <lora:...> multiplier is a bad request; LoRA and hypernetworks
+  // are not applied yet, so asking for one fails rather than being silently ignored. Other tags
+  // A1111 would skip as unknown networks are removed from the prompt and ignored, as there.
+  const ExtraNetworkPrompt extra = parse_extra_networks(r.prompt);
+  const std::vector<LoraCall> loras = lora_calls(extra.calls);
+  if (!loras.empty())
+    throw UnsupportedError("LoRA is not supported yet (prompt asks for <lora:" + loras[0].name +
+                           ">): remove the tag; adapters are tracked in the prompts-and-adapters issue");
+  for (const ExtraNetworkCall& c : extra.calls)
+    if (c.network == "hypernet")
+      throw UnsupportedError("hypernetworks are not supported (prompt asks for <hypernet:" +
+                             (c.items.empty() ? std::string() : c.items[0]) + ">)");
 }
 
 void StableDiffusion::validate(const GenerateRequest& r) const {
   validate_request(r);
+  ChunkOptions co;
+  co.max_chunks = max_prompt_chunks_;
+  chunk_prompt(*tokenizer_, parse_extra_networks(r.prompt).prompt, co);  // too long: InvalidArgument
+  chunk_prompt(*tokenizer_, r.negative_prompt, co);
   SD_CHECK_ARG(r.clip_skip <= text_encoder_->config().num_layers,
                "clip skip must be between 1 and " + std::to_string(text_encoder_->config().num_layers));
 }
@@ -173,9 +193,38 @@ std::vector<int32_t> context_ids(const ClipTokenizer& tok, const std::string& te
 }
 
 Tensor StableDiffusion::encode_prompt(const std::string& text, int clip_skip) const {
-  const size_t ctx = size_t(text_encoder_->config().max_positions);
-  const std::vector<int32_t> ids = context_ids(*tokenizer_, text, ctx);
-  return text_encoder_->forward(Tensor::from_ids(ids, {1, int64_t(ctx)}), clip_skip).hidden;
+  SD_CHECK_ARG(text_encoder_->config().max_positions >= 77, "this text encoder has " +
+                                                                std::to_string(text_encoder_->config().max_positions) +
+                                                                " positions; prompts need 77 (75 tokens + BOS + EOS)");
+  ChunkOptions co;
+  co.max_chunks = max_prompt_chunks_;
+  std::vector<Tensor> parts;
+  for (const PromptChunk& c : chunk_prompt(*tokenizer_, text, co)) {
+    Tensor z = text_encoder_->forward(Tensor::from_ids(c.ids, {1, int64_t(c.ids.size())}), clip_skip).hidden;
+    const bool weighted = std::any_of(c.multipliers.begin(), c.multipliers.end(), [](float m) { return m != 1.f; });
+    if (weighted) {
+      // A1111's "Original" emphasis: scale each token's hidden state, then rescale everything so
+      // the mean over the chunk is what it was (computed in f32 on the host; 77 x D values).
+      const Device dev = z.device();
+      const DType dt = z.dtype();
+      Tensor h = z.to(DType::F32).to(Device::cpu()).contiguous();
+      float* p = h.data<float>();
+      const int64_t T = h.size(1), D = h.size(2);
+      double before = 0, after = 0;
+      for (int64_t i = 0; i < T * D; ++i) before += p[i];
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t d = 0; d < D; ++d) {
+          float& v = p[t * D + d];
+          v *= c.multipliers[size_t(t)];
+          after += v;
+        }
+      const float ratio = float(before / after);
+      for (int64_t i = 0; i < T * D; ++i) p[i] *= ratio;
+      z = h.to(dt).to(dev);
+    }
+    parts.push_back(z);
+  }
+  return parts.size() == 1 ? parts[0] : ops::concat(parts, 1);
 }
 
 std::vector<GeneratedImage> StableDiffusion::txt2img(const GenerateRequest& req, const ProgressFn& progress) const {
@@ -187,9 +236,24 @@ std::vector<GeneratedImage> StableDiffusion::txt2img(const GenerateRequest& req,
   for (int64_t i = 0; i < n; ++i) seeds.push_back(seed + i);
 
   const bool cfg = req.cfg_scale > 1.f;  // diffusers: guidance only when scale > 1
-  const Tensor cond = repeat_batch(encode_prompt(req.prompt, req.clip_skip), n);
-  Tensor context = cond;
-  if (cfg) context = ops::concat({repeat_batch(encode_prompt(req.negative_prompt, req.clip_skip), n), cond}, 0);
+  // Extra-network tags come out of the positive prompt (A1111 leaves the negative one as is).
+  const ExtraNetworkPrompt extra = parse_extra_networks(req.prompt);
+  Tensor cond = encode_prompt(extra.prompt, req.clip_skip);
+  Tensor context = repeat_batch(cond, n);
+  if (cfg) {
+    Tensor uncond = encode_prompt(req.negative_prompt, req.clip_skip);
+    // Prompts of different lengths: the shorter one is padded with the empty prompt's chunk
+    // (A1111's pad_cond_uncond), so cond and uncond run as one batch.
+    if (uncond.size(1) != cond.size(1)) {
+      const Tensor empty = encode_prompt("", req.clip_skip);
+      Tensor& shorter = uncond.size(1) < cond.size(1) ? uncond : cond;
+      const int64_t repeats = std::abs(cond.size(1) - uncond.size(1)) / empty.size(1);
+      std::vector<Tensor> parts{shorter};
+      for (int64_t k = 0; k < repeats; ++k) parts.push_back(empty);
+      shorter = ops::concat(parts, 1);
+    }
+    context = ops::concat({repeat_batch(uncond, n), repeat_batch(cond, n)}, 0);
+  }
 
   SamplerOptions so;
   so.sampler = req.sampler;

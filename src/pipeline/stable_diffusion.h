@@ -40,6 +40,8 @@ struct LoadOptions {
   // A tokenizer folder (vocab.json, merges.txt, ...) to use instead of the model's own, or of
   // the bundled CLIP vocabulary that single files get (models with another vocabulary need it).
   std::optional<std::string> tokenizer_dir;
+  // Longest prompt accepted, in chunks of 75 tokens; longer prompts are an InvalidArgument.
+  size_t max_prompt_chunks = 64;
 };
 
 struct GenerateRequest {
@@ -99,7 +101,11 @@ class StableDiffusion {
   void validate(const GenerateRequest& req) const;
   std::vector<GeneratedImage> txt2img(const GenerateRequest& req, const ProgressFn& progress = {}) const;
 
-  // [N, T, D] embeddings of prompts, padded/truncated to the encoder's context like diffusers.
+  // [1, 77 * chunks, D] conditioning of a prompt by A1111's method (docs/PROMPTS.md): attention
+  // weights and BREAK parsed, 75-token chunks each encoded as [BOS] + 75 + [EOS], token weights
+  // applied to the hidden states with their mean restored, chunks concatenated. A prompt of at
+  // most 75 tokens without weights gives exactly diffusers' embedding. `text` must not contain
+  // extra-network tags (parse_extra_networks removes them). On the model's device and dtype.
   Tensor encode_prompt(const std::string& text, int clip_skip) const;
 
   const ModelInfo& info() const { return files_->info(); }
@@ -107,6 +113,7 @@ class StableDiffusion {
 
  private:
   std::unique_ptr<ModelFiles> files_;
+  size_t max_prompt_chunks_ = 64;
   std::unique_ptr<ClipTokenizer> tokenizer_;
   std::unique_ptr<ClipTextModel> text_encoder_;
   std::unique_ptr<UNet> unet_;

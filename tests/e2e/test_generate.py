@@ -52,6 +52,10 @@ def test_generate_matches_diffusers(run, tmp_path, model, case):
     ({"--sampler": "Bogus"}, "DPM++ 2M"),  # the message lists the valid names
     ({"--prediction-type": "sample"}, "v_prediction"),
     ({"--scheduler-config": "/no/such/scheduler_config.json"}, "scheduler config not found"),
+    ({"--prompt": "a cat <lora:film:0.8>"}, "LoRA is not supported yet"),
+    ({"--prompt": "a cat <lora:film:abc>"}, "not a number"),
+    ({"--device": "cuda:3"}, "cuda:3"),
+    ({"--dtype": "int8"}, "int8"),
 ])
 def test_generate_bad_input(run, tmp_path, over, needle):
     _, meta = read_safetensors(GOLDEN / "sd1-tiny.safetensors")
@@ -99,3 +103,15 @@ def test_generate_prediction_type_override(run, tmp_path):
         got = decode_png(out)[3]
         worst = max(abs(a - b) for a, b in zip(got, want))
         assert (worst <= 2) == same, f"{pred}: max |diff| {worst}"
+
+
+def test_generate_long_weighted_prompt(run, tmp_path):
+    """A1111 prompt syntax end to end: weights, BREAK and a prompt far past 77 tokens."""
+    _, meta = read_safetensors(GOLDEN / "sd1-tiny.safetensors")
+    short, long = tmp_path / "short.png", tmp_path / "long.png"
+    p = run(*generate_args("sd1-tiny", short, meta, **{"--prompt": "a (red:1.3) horse"}))
+    assert p.returncode == 0, p.stderr
+    text = ", ".join(["a (red:1.3) horse BREAK [blue] sky"] + ["tree house"] * 60)
+    p = run(*generate_args("sd1-tiny", long, meta, **{"--prompt": text}))
+    assert p.returncode == 0, p.stderr
+    assert decode_png(short)[3] != decode_png(long)[3]
