@@ -251,6 +251,8 @@ int main(int argc, char** argv) {
                      "decode in overlapping tiles (diffusers enable_tiling): bounded memory for large images");
   generate->add_option("--output", gen.output, "FILE.png; batches: '{n}' in the name or FILE-N.png")->required();
   generate->add_option("--device", gen.device, "cpu (default) or cuda[:N]");
+  generate->add_option("--embeddings-dir", gen.load.embeddings_dir,
+                       "textual-inversion embeddings (<name>.safetensors), used by writing <name> in the prompt");
   generate->add_option("--dtype", gen.dtype, "auto (default: f16 on cuda, f32 on cpu), f32, f16 or bf16");
 
   auto* serve = app.add_subcommand("serve", "Run the HTTP service (not implemented yet)");

@@ -203,6 +203,11 @@ ClipTextModel ClipTextModel::load(const ClipTextConfig& cfg, const WeightSource&
 }
 
 ClipTextModel::Output ClipTextModel::forward(const Tensor& ids, int clip_skip, bool want_pooled) const {
+  return forward(ids, clip_skip, want_pooled, {});
+}
+
+ClipTextModel::Output ClipTextModel::forward(const Tensor& ids, int clip_skip, bool want_pooled,
+                                             const std::vector<EmbeddingFix>& fixes) const {
   SD_CHECK_ARG(ids.dim() == 2, "text encoder: ids must be [batch, tokens], got " + shape_str(ids.shape()));
   const int64_t B = ids.size(0), T = ids.size(1), D = cfg_.hidden_size, H = cfg_.num_heads, hd = D / H;
   SD_CHECK_ARG(T >= 1 && T <= cfg_.max_positions,
@@ -212,7 +217,18 @@ ClipTextModel::Output ClipTextModel::forward(const Tensor& ids, int clip_skip, b
       "clip skip must be between 1 and " + std::to_string(cfg_.num_layers) + ", got " + std::to_string(clip_skip));
   const DType dt = token_embedding_.dtype();
 
-  Tensor x = ops::add(ops::embedding(token_embedding_, ids), position_embedding_.narrow(0, 0, T));
+  Tensor tokens = ops::embedding(token_embedding_, ids);
+  for (const EmbeddingFix& f : fixes) {
+    SD_CHECK_ARG(
+        f.vectors.dim() == 2 && f.vectors.size(1) == D,
+        "embedding of " + shape_str(f.vectors.shape()) + " does not fit a text encoder of width " + std::to_string(D));
+    SD_CHECK_ARG(f.position >= 0 && f.position < T, "embedding position out of range");
+    const int64_t n = std::min(f.vectors.size(0), T - f.position);
+    if (n <= 0) continue;
+    Tensor window = tokens.select(0, 0).narrow(0, f.position, n);
+    window.copy_(f.vectors.narrow(0, 0, n).to(dt).to(tokens.device()));
+  }
+  Tensor x = ops::add(tokens, position_embedding_.narrow(0, 0, T));
   const int64_t run = cfg_.num_layers - (clip_skip - 1);
   // The pooled output always comes from the last layer (as in transformers), even when
   // the hidden states are taken earlier for clip skip.

@@ -68,6 +68,15 @@ class ClipTextModel {
   // 2 = penultimate, ...; the final layer norm is applied to whichever layer is taken.
   Output forward(const Tensor& ids, int clip_skip = 1, bool want_pooled = false) const;
 
+  // Token-embedding overrides for textual inversion (A1111's EmbeddingsWithFixes): rows
+  // [position, position + vectors.size(0)) of batch row 0 take `vectors` [n, hidden] instead of
+  // the token table's rows (before the position embedding is added). Clipped at the end.
+  struct EmbeddingFix {
+    int64_t position = 0;
+    Tensor vectors;
+  };
+  Output forward(const Tensor& ids, int clip_skip, bool want_pooled, const std::vector<EmbeddingFix>& fixes) const;
+
   const ClipTextConfig& config() const { return cfg_; }
 
  private:

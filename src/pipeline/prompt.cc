@@ -1,5 +1,6 @@
 #include "pipeline/prompt.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdint>
@@ -275,14 +276,28 @@ std::vector<LoraCall> lora_calls(const std::vector<ExtraNetworkCall>& calls) {
   return out;
 }
 
-std::vector<PromptChunk> chunk_prompt(const ClipTokenizer& tok, std::string_view prompt, const ChunkOptions& opt) {
+std::vector<PromptChunk> chunk_prompt(const ClipTokenizer& tok, std::string_view prompt, const ChunkOptions& opt,
+                                      const std::vector<EmbeddingName>& embeddings) {
   constexpr size_t kChunk = 75;
   const std::vector<int32_t> comma_ids = tok.tokenize(",");
   const int32_t comma = comma_ids.size() == 1 ? comma_ids[0] : -1;
   std::vector<PromptChunk> chunks;
   std::vector<int32_t> ids;
   std::vector<float> mult;
+  std::vector<PromptChunk::Fix> fixes;
   int64_t last_comma = -1;
+  // Embeddings by their first token id, longest names first (A1111's ids_lookup).
+  std::map<int32_t, std::vector<size_t>> by_first;
+  for (size_t e = 0; e < embeddings.size(); ++e) {
+    if (embeddings[e].ids.empty()) continue;
+    SD_CHECK_ARG(embeddings[e].vectors >= 1 && embeddings[e].vectors <= int64_t(kChunk),
+                 "a textual-inversion embedding has " + std::to_string(embeddings[e].vectors) +
+                     " vectors; at most 75 fit in a prompt chunk");
+    by_first[embeddings[e].ids[0]].push_back(e);
+  }
+  for (auto& [first, list] : by_first)
+    std::stable_sort(list.begin(), list.end(),
+                     [&](size_t a, size_t b) { return embeddings[a].ids.size() > embeddings[b].ids.size(); });
   auto next_chunk = [&] {
     if (chunks.size() == opt.max_chunks)
       throw InvalidArgument("prompt too long: more than " + std::to_string(opt.max_chunks) + " chunks of 75 tokens (" +
@@ -296,9 +311,11 @@ std::vector<PromptChunk> chunk_prompt(const ClipTokenizer& tok, std::string_view
     c.multipliers.push_back(1.f);
     c.multipliers.insert(c.multipliers.end(), mult.begin(), mult.end());
     c.multipliers.resize(kChunk + 2, 1.f);
+    c.fixes = std::move(fixes);
     chunks.push_back(std::move(c));
     ids.clear();
     mult.clear();
+    fixes.clear();
     last_comma = -1;
   };
   for (const PromptPiece& piece : parse_prompt_attention(prompt)) {
@@ -306,7 +323,9 @@ std::vector<PromptChunk> chunk_prompt(const ClipTokenizer& tok, std::string_view
       next_chunk();
       continue;
     }
-    for (int32_t t : tok.tokenize(piece.text)) {
+    const std::vector<int32_t> tokens = tok.tokenize(piece.text);
+    for (size_t pos = 0; pos < tokens.size();) {
+      const int32_t t = tokens[pos];
       if (t == comma) {
         last_comma = int64_t(ids.size());
       } else if (opt.comma_backtrack != 0 && ids.size() == kChunk && last_comma != -1 &&
@@ -314,15 +333,41 @@ std::vector<PromptChunk> chunk_prompt(const ClipTokenizer& tok, std::string_view
         const size_t cut = size_t(last_comma) + 1;
         std::vector<int32_t> moved_ids(ids.begin() + int64_t(cut), ids.end());
         std::vector<float> moved_mult(mult.begin() + int64_t(cut), mult.end());
+        std::vector<PromptChunk::Fix> moved_fixes, kept_fixes;
+        for (const auto& f : fixes) (f.position >= int64_t(cut) ? moved_fixes : kept_fixes).push_back(f);
+        for (auto& f : moved_fixes) f.position -= int64_t(cut);
         ids.resize(cut);
         mult.resize(cut);
+        fixes = std::move(kept_fixes);
         next_chunk();
         ids = std::move(moved_ids);
         mult = std::move(moved_mult);
+        fixes = std::move(moved_fixes);
       }
       if (ids.size() == kChunk) next_chunk();
-      ids.push_back(t);
-      mult.push_back(float(piece.weight));
+      const EmbeddingName* found = nullptr;
+      size_t found_index = 0;
+      if (auto it = by_first.find(t); it != by_first.end())
+        for (size_t e : it->second) {
+          const auto& name = embeddings[e].ids;
+          if (pos + name.size() <= tokens.size() &&
+              std::equal(name.begin(), name.end(), tokens.begin() + int64_t(pos))) {
+            found = &embeddings[e];
+            found_index = e;
+            break;
+          }
+        }
+      if (!found) {
+        ids.push_back(t);
+        mult.push_back(float(piece.weight));
+        ++pos;
+        continue;
+      }
+      if (ids.size() + size_t(found->vectors) > kChunk) next_chunk();
+      fixes.push_back({int64_t(ids.size()), found_index});
+      ids.insert(ids.end(), size_t(found->vectors), 0);
+      mult.insert(mult.end(), size_t(found->vectors), float(piece.weight));
+      pos += found->ids.size();
     }
   }
   if (!ids.empty() || chunks.empty()) next_chunk();

@@ -63,11 +63,28 @@ std::vector<LoraCall> lora_calls(const std::vector<ExtraNetworkCall>& calls);
 struct PromptChunk {
   std::vector<int32_t> ids;
   std::vector<float> multipliers;
+  // Textual-inversion insertions: the embedding (index into the names given to chunk_prompt)
+  // whose vectors replace ids[position ...] (those ids are placeholders, 0).
+  struct Fix {
+    int64_t position = 0;
+    size_t embedding = 0;
+  };
+  std::vector<Fix> fixes;
+};
+// A textual-inversion embedding as the chunker sees it: the token ids its name splits into
+// (the prompt must contain them in sequence) and how many vectors it inserts.
+struct EmbeddingName {
+  std::vector<int32_t> ids;
+  int64_t vectors = 1;
 };
 struct ChunkOptions {
   int comma_backtrack = 20;  // A1111's comma_padding_backtrack; 0 disables it
   size_t max_chunks = 64;    // more is an InvalidArgument (a prompt of ~4800 tokens)
 };
-std::vector<PromptChunk> chunk_prompt(const ClipTokenizer& tok, std::string_view prompt, const ChunkOptions& opt = {});
+// `embeddings`: names to replace by their vectors, A1111's find_embedding_at_position (within
+// one parsed piece; the longest name wins at a position; an embedding that does not fit in the
+// current chunk starts the next one).
+std::vector<PromptChunk> chunk_prompt(const ClipTokenizer& tok, std::string_view prompt, const ChunkOptions& opt = {},
+                                      const std::vector<EmbeddingName>& embeddings = {});
 
 }  // namespace sdserve

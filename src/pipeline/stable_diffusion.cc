@@ -10,7 +10,6 @@
 #include "io/png.h"
 #include "models/loader.h"
 #include "ops/concat.h"
-#include "pipeline/prompt.h"
 #ifdef SDSERVE_WITH_CUDA
 #include "cuda/runtime.h"
 #endif
@@ -53,6 +52,8 @@ std::unique_ptr<StableDiffusion> StableDiffusion::load(const std::string& path, 
                  "prediction type must be epsilon or v_prediction, got \"" + *opt.prediction_type + "\"");
   if (opt.scheduler_config_path && !std::filesystem::is_regular_file(*opt.scheduler_config_path))
     throw NotFoundError("scheduler config not found: " + *opt.scheduler_config_path);
+  if (opt.embeddings_dir && !std::filesystem::is_directory(*opt.embeddings_dir))
+    throw NotFoundError("embeddings directory not found: " + *opt.embeddings_dir);
   if (!device_compiled(opt.device.type))
     throw UnsupportedError("device " + opt.device.str() +
                            " is not available in this build: rebuild with -DSDSERVE_WITH_CUDA=ON, or use --device cpu");
@@ -80,6 +81,12 @@ std::unique_ptr<StableDiffusion> StableDiffusion::load(const std::string& path, 
     sd->tokenizer_ = std::make_unique<ClipTokenizer>(ClipTokenizer::from_dir(*opt.tokenizer_dir));
   } else {
     sd->tokenizer_ = std::make_unique<ClipTokenizer>(model_tokenizer(m));
+  }
+
+  if (opt.embeddings_dir) {
+    sd->embeddings_ = load_embeddings_dir(*opt.embeddings_dir, sd->text_encoder_->config().hidden_size);
+    for (const TextualInversion& e : sd->embeddings_)
+      sd->embedding_names_.push_back({sd->tokenizer_->tokenize(e.name), e.vectors.size(0)});
   }
 
   UNetConfig ucfg;
@@ -171,8 +178,8 @@ void StableDiffusion::validate(const GenerateRequest& r) const {
   validate_request(r);
   ChunkOptions co;
   co.max_chunks = max_prompt_chunks_;
-  chunk_prompt(*tokenizer_, parse_extra_networks(r.prompt).prompt, co);  // too long: InvalidArgument
-  chunk_prompt(*tokenizer_, r.negative_prompt, co);
+  chunk_prompt(*tokenizer_, parse_extra_networks(r.prompt).prompt, co, embedding_names_);  // too long: InvalidArgument
+  chunk_prompt(*tokenizer_, r.negative_prompt, co, embedding_names_);
   SD_CHECK_ARG(r.clip_skip <= text_encoder_->config().num_layers,
                "clip skip must be between 1 and " + std::to_string(text_encoder_->config().num_layers));
 }
@@ -199,8 +206,11 @@ Tensor StableDiffusion::encode_prompt(const std::string& text, int clip_skip) co
   ChunkOptions co;
   co.max_chunks = max_prompt_chunks_;
   std::vector<Tensor> parts;
-  for (const PromptChunk& c : chunk_prompt(*tokenizer_, text, co)) {
-    Tensor z = text_encoder_->forward(Tensor::from_ids(c.ids, {1, int64_t(c.ids.size())}), clip_skip).hidden;
+  for (const PromptChunk& c : chunk_prompt(*tokenizer_, text, co, embedding_names_)) {
+    std::vector<ClipTextModel::EmbeddingFix> fixes;
+    for (const PromptChunk::Fix& f : c.fixes) fixes.push_back({f.position + 1, embeddings_[f.embedding].vectors});
+    Tensor z =
+        text_encoder_->forward(Tensor::from_ids(c.ids, {1, int64_t(c.ids.size())}), clip_skip, false, fixes).hidden;
     const bool weighted = std::any_of(c.multipliers.begin(), c.multipliers.end(), [](float m) { return m != 1.f; });
     if (weighted) {
       // A1111's "Original" emphasis: scale each token's hidden state, then rescale everything so

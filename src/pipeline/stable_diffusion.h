@@ -13,6 +13,8 @@
 #include "models/clip_text.h"
 #include "models/unet.h"
 #include "models/vae.h"
+#include "pipeline/embeddings.h"
+#include "pipeline/prompt.h"
 #include "pipeline/rng.h"
 #include "pipeline/scheduler.h"
 #include "pipeline/tokenizer.h"
@@ -42,6 +44,9 @@ struct LoadOptions {
   std::optional<std::string> tokenizer_dir;
   // Longest prompt accepted, in chunks of 75 tokens; longer prompts are an InvalidArgument.
   size_t max_prompt_chunks = 64;
+  // A folder of textual-inversion embeddings (<name>.safetensors), used by writing <name> in a
+  // prompt (docs/PROMPTS.md).
+  std::optional<std::string> embeddings_dir;
 };
 
 struct GenerateRequest {
@@ -109,11 +114,15 @@ class StableDiffusion {
   Tensor encode_prompt(const std::string& text, int clip_skip) const;
 
   const ModelInfo& info() const { return files_->info(); }
+  // The textual-inversion embeddings loaded from LoadOptions::embeddings_dir.
+  const std::vector<TextualInversion>& embeddings() const { return embeddings_; }
   int vae_scale_factor() const { return vae_scale_; }
 
  private:
   std::unique_ptr<ModelFiles> files_;
   size_t max_prompt_chunks_ = 64;
+  std::vector<TextualInversion> embeddings_;
+  std::vector<EmbeddingName> embedding_names_;
   std::unique_ptr<ClipTokenizer> tokenizer_;
   std::unique_ptr<ClipTextModel> text_encoder_;
   std::unique_ptr<UNet> unet_;

@@ -56,6 +56,7 @@ def test_generate_matches_diffusers(run, tmp_path, model, case):
     ({"--prompt": "a cat <lora:film:abc>"}, "not a number"),
     ({"--device": "cuda:3"}, "cuda:3"),
     ({"--dtype": "int8"}, "int8"),
+    ({"--embeddings-dir": "/no/such/embeddings"}, "embeddings directory not found"),
 ])
 def test_generate_bad_input(run, tmp_path, over, needle):
     _, meta = read_safetensors(GOLDEN / "sd1-tiny.safetensors")
@@ -115,3 +116,15 @@ def test_generate_long_weighted_prompt(run, tmp_path):
     p = run(*generate_args("sd1-tiny", long, meta, **{"--prompt": text}))
     assert p.returncode == 0, p.stderr
     assert decode_png(short)[3] != decode_png(long)[3]
+
+
+def test_generate_textual_inversion(run, tmp_path):
+    """An embedding named in the prompt (--embeddings-dir) changes the image; unknown names are text."""
+    _, meta = read_safetensors(GOLDEN / "sd1-tiny.safetensors")
+    emb = str(FIXTURES / "embeddings" / "sd1-tiny")
+    plain, with_emb = tmp_path / "plain.png", tmp_path / "emb.png"
+    p = run(*generate_args("sd1-tiny", plain, meta, **{"--prompt": "a tinystyle horse"}))
+    assert p.returncode == 0, p.stderr
+    p = run(*(generate_args("sd1-tiny", with_emb, meta, **{"--prompt": "a tinystyle horse"}) + ["--embeddings-dir", emb]))
+    assert p.returncode == 0, p.stderr
+    assert decode_png(plain)[3] != decode_png(with_emb)[3]

@@ -7,9 +7,11 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "io/safetensors.h"
+#include "pipeline/embeddings.h"
 #include "pipeline/prompt.h"
 #include "pipeline/stable_diffusion.h"
 #include "pipeline/tokenizer.h"
@@ -145,6 +147,52 @@ TEST_P(LongPromptGolden, MatchesA1111Reference) {
 
 INSTANTIATE_TEST_SUITE_P(Models, LongPromptGolden, testing::Values("sd1-tiny", "sd2-tiny"),
                          [](const testing::TestParamInfo<std::string>& i) { return i.param.substr(0, 3); });
+
+TEST(TextualInversion, EmbeddingsMatchA1111Reference) {
+  LoadOptions o;
+  o.embeddings_dir = (kFixtures / "embeddings" / "sd1-tiny").string();
+  const auto sd = StableDiffusion::load((kFixtures / "models" / "sd1-tiny").string(), o);
+  ASSERT_EQ(sd->embeddings().size(), 2u);  // wideone has another width: skipped, as A1111 does
+  EXPECT_EQ(sd->embeddings()[0].name, "hero");
+  EXPECT_EQ(sd->embeddings()[1].name, "tinystyle");
+  EXPECT_EQ(sd->embeddings()[1].vectors.shape(), (Shape{3, 32}));
+  const auto golden = SafeTensorsFile::open((kFixtures / "golden" / "prompt" / "ti_sd1-tiny.safetensors").string());
+  const auto cases = nlohmann::json::parse(golden.metadata().at("cases"));
+  ASSERT_GE(cases.size(), 7u);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const std::string prompt = cases[i].at("prompt");
+    const Tensor want = golden.get_as("cond_" + std::to_string(i), DType::F32);
+    const Tensor got = sd->encode_prompt(prompt, 1);
+    ASSERT_EQ(got.shape(), want.shape()) << "case " << i << ": " << prompt;
+    const std::vector<double> kappa = cases[i].at("kappa");
+    for (int64_t c = 0; c < got.size(1) / 77; ++c) {
+      const Tensor g = got.narrow(1, 77 * c, 77), w = want.narrow(1, 77 * c, 77);
+      double peak = 0;
+      for (float v : w.to_vector()) peak = std::max(peak, double(std::abs(v)));
+      EXPECT_LE(max_abs_diff(g, w), 1e-4 + 2e-7 * kappa[size_t(c)] * peak) << "case " << i << ": " << prompt;
+    }
+  }
+  // The embedding really changes the conditioning: without the folder the name is plain text.
+  const auto plain = StableDiffusion::load((kFixtures / "models" / "sd1-tiny").string());
+  EXPECT_GT(max_abs_diff(plain->encode_prompt("a tinystyle horse", 1), sd->encode_prompt("a tinystyle horse", 1)),
+            1e-2);
+}
+
+TEST(TextualInversion, BadFoldersAndFilesAreClearErrors) {
+  LoadOptions o;
+  o.embeddings_dir = "/no/such/embeddings";
+  EXPECT_THROW(StableDiffusion::load((kFixtures / "models" / "sd1-tiny").string(), o), NotFoundError);
+  const fs::path dir = fs::temp_directory_path() / "sdserve_bad_embeddings";
+  fs::create_directories(dir);
+  { std::ofstream(dir / "broken.safetensors") << "not a safetensors file"; }
+  try {
+    load_embeddings_dir(dir.string(), 32);
+    FAIL() << "expected ModelFormatError";
+  } catch (const ModelFormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("broken.safetensors"), std::string::npos) << e.what();
+  }
+  fs::remove_all(dir);
+}
 
 TEST(LongPrompt, TheTailOfA300TokenPromptChangesTheImage) {
   const auto sd = StableDiffusion::load((kFixtures / "models" / "sd1-tiny").string());
