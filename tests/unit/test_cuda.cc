@@ -397,18 +397,7 @@ class CudaTxt2Img : public testing::TestWithParam<ImgCase> {
 TEST_P(CudaTxt2Img, F32MatchesDiffusersAndF16MatchesCpu) {
   const ImgCase& c = GetParam();
   const SafeTensorsFile& g = txt2img_golden(c.model);
-  const auto& md = g.metadata();
-  GenerateRequest r;
-  r.prompt = md.at("prompt");
-  r.negative_prompt = md.at("negative_prompt");
-  r.width = std::stoi(md.at("width"));
-  r.height = std::stoi(md.at("height"));
-  r.steps = c.steps;
-  r.cfg_scale = std::stof(md.at("cfg"));
-  r.seed = std::stoll(md.at("seed"));
-  r.rng = RngKind::CPU;
-  r.sampler = c.sampler;
-  r.schedule = c.schedule;
+  const GenerateRequest r = golden_request(g, c.sampler, c.schedule, c.steps);
   const Tensor want = g.get(c.key);
   const auto f32 = pipeline_for(c.model, kGpu, DType::F32).txt2img(r);
   ASSERT_EQ(int64_t(f32[0].rgb.size()), want.numel());

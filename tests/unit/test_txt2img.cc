@@ -23,6 +23,7 @@
 
 #include "io/safetensors.h"
 #include "pipeline/stable_diffusion.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 
@@ -103,23 +104,6 @@ const StableDiffusion& model_for(const std::string& model, const std::string& la
   return *m;
 }
 
-GenerateRequest request_for(const SafeTensorsFile& g, const std::string& sampler, const std::string& schedule,
-                            int steps) {
-  const auto& md = g.metadata();
-  GenerateRequest r;
-  r.prompt = md.at("prompt");
-  r.negative_prompt = md.at("negative_prompt");
-  r.width = std::stoi(md.at("width"));
-  r.height = std::stoi(md.at("height"));
-  r.steps = steps;
-  r.cfg_scale = std::stof(md.at("cfg"));
-  r.seed = std::stoll(md.at("seed"));
-  r.rng = RngKind::CPU;
-  r.sampler = sampler;
-  r.schedule = schedule;
-  return r;
-}
-
 class Txt2ImgParity : public testing::TestWithParam<Case> {};
 
 TEST_P(Txt2ImgParity, MatchesDiffusers) {
@@ -129,7 +113,7 @@ TEST_P(Txt2ImgParity, MatchesDiffusers) {
   ASSERT_EQ(want.dtype(), DType::U8);
   ASSERT_EQ(want.shape().size(), 3u);
   const StableDiffusion& sd = model_for(c.model, c.layout);
-  const auto images = sd.txt2img(request_for(g, c.sampler, c.schedule, c.steps));
+  const auto images = sd.txt2img(golden_request(g, c.sampler, c.schedule, c.steps));
   ASSERT_EQ(images.size(), 1u);
   const GeneratedImage& im = images[0];
   ASSERT_EQ(im.height, want.size(0));
@@ -177,7 +161,7 @@ TEST(Txt2Img, GoldensPresent) {
 TEST(Txt2Img, DpmppSdeBatchTreesPerImage) {
   const SafeTensorsFile& g = golden_file("sd1-tiny");
   const StableDiffusion& sd = model_for("sd1-tiny", "diffusers");
-  GenerateRequest r = request_for(g, "DPM++ SDE", "Karras", 4);
+  GenerateRequest r = golden_request(g, "DPM++ SDE", "Karras", 4);
   r.batch_size = 2;
   const auto batch = sd.txt2img(r);
   ASSERT_EQ(batch.size(), 2u);

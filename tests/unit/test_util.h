@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "io/safetensors.h"
+#include "pipeline/stable_diffusion.h"
 #ifdef SDSERVE_WITH_CUDA
 #include "cuda/runtime.h"
 #endif
@@ -125,6 +127,24 @@ std::vector<double> attention_reference(const std::vector<T>& q, const std::vect
       }
     }
   return out;
+}
+
+// The txt2img request of a golden file (tools/make_txt2img_goldens.py metadata) for one case.
+inline GenerateRequest golden_request(const SafeTensorsFile& g, const std::string& sampler, const std::string& schedule,
+                                      int steps) {
+  const auto& md = g.metadata();
+  GenerateRequest r;
+  r.prompt = md.at("prompt");
+  r.negative_prompt = md.at("negative_prompt");
+  r.width = std::stoi(md.at("width"));
+  r.height = std::stoi(md.at("height"));
+  r.steps = steps;
+  r.cfg_scale = std::stof(md.at("cfg"));
+  r.seed = std::stoll(md.at("seed"));
+  r.rng = RngKind::CPU;
+  r.sampler = sampler;
+  r.schedule = schedule;
+  return r;
 }
 
 }  // namespace sdserve::test
