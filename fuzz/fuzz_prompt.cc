@@ -1,13 +1,26 @@
-// libFuzzer target: A1111 prompt attention syntax (pipeline/prompt.h) on arbitrary bytes.
+// libFuzzer target: A1111 prompt syntax (pipeline/prompt.h) on arbitrary bytes: extra-network
+// tags and LoRA multipliers, the attention parser, and the 75-token chunking that feeds the
+// text encoder (with the bundled CLIP tokenizer).
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <string_view>
 
+#include "core/error.h"
 #include "pipeline/prompt.h"
+#include "pipeline/tokenizer.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  const auto pieces = sdserve::parse_prompt_attention(std::string_view(reinterpret_cast<const char*>(data), size));
+  const std::string_view input(reinterpret_cast<const char*>(data), size);
+  const auto extra = sdserve::parse_extra_networks(input);
+  if (extra.prompt.size() > size) std::abort();
+  try {
+    for (const auto& l : sdserve::lora_calls(extra.calls))
+      if (l.name.empty() || !std::isfinite(l.te_multiplier) || !std::isfinite(l.unet_multiplier)) std::abort();
+  } catch (const sdserve::InvalidArgument&) {
+    // a malformed multiplier is a clear error, never a crash
+  }
+  const auto pieces = sdserve::parse_prompt_attention(extra.prompt);
   if (pieces.empty()) std::abort();
   size_t text = 0;
   for (const auto& p : pieces) {
@@ -16,5 +29,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   // Pieces are the prompt's own bytes (escapes resolved, markup removed, "BREAK" markers added).
   if (text > size + 5 * pieces.size()) std::abort();
+  static const sdserve::ClipTokenizer tok = sdserve::ClipTokenizer::bundled();
+  sdserve::ChunkOptions opt;
+  opt.max_chunks = 1000;
+  try {
+    for (const auto& c : sdserve::chunk_prompt(tok, extra.prompt, opt))
+      if (c.ids.size() != 77 || c.multipliers.size() != 77 || c.ids.front() != tok.bos_id()) std::abort();
+  } catch (const sdserve::InvalidArgument&) {
+    // too many chunks: a clear error
+  }
   return 0;
 }
