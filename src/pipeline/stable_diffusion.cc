@@ -214,7 +214,7 @@ Tensor StableDiffusion::encode_prompt(const std::string& text, int clip_skip) co
     const bool weighted = std::any_of(c.multipliers.begin(), c.multipliers.end(), [](float m) { return m != 1.f; });
     if (weighted) {
       // A1111's "Original" emphasis: scale each token's hidden state, then rescale everything so
-      // the mean over the chunk is what it was (computed in f32 on the host; 77 x D values).
+      // the mean over the chunk is what it was (on the host, sums in double; 77 x D values).
       const Device dev = z.device();
       const DType dt = z.dtype();
       Tensor h = z.to(DType::F32).to(Device::cpu()).contiguous();
@@ -228,7 +228,10 @@ Tensor StableDiffusion::encode_prompt(const std::string& text, int clip_skip) co
           v *= c.multipliers[size_t(t)];
           after += v;
         }
-      const float ratio = float(before / after);
+      // A weighted mean of exactly zero (e.g. every token weighted 0) would make A1111 divide by
+      // zero and return NaN; the weights are kept unrescaled instead.
+      float ratio = after != 0 ? float(before / after) : 1.f;
+      if (!std::isfinite(ratio)) ratio = 1.f;
       for (int64_t i = 0; i < T * D; ++i) p[i] *= ratio;
       z = h.to(dt).to(dev);
     }

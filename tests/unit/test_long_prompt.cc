@@ -213,6 +213,12 @@ TEST(LongPrompt, TheTailOfA300TokenPromptChangesTheImage) {
   EXPECT_NO_THROW(sd->txt2img(r));
 }
 
+TEST(LongPrompt, ZeroWeightsGiveFiniteConditioning) {
+  const auto sd = StableDiffusion::load((kFixtures / "models" / "sd1-tiny").string());
+  for (const char* p : {"(a photo of a horse:0)", "(horse:0) BREAK (cat:0)", "(:0)"})
+    for (float v : sd->encode_prompt(p, 1).to_vector()) ASSERT_TRUE(std::isfinite(v)) << p;
+}
+
 TEST(LongPrompt, LoraTagsFailClearlyUntilAdaptersExist) {
   GenerateRequest r;
   r.prompt = "a cat <lora:film:0.8>";
