@@ -182,28 +182,28 @@ void check_launch(const char* what) {
   if (st != cudaSuccess) throw InternalError(std::string("CUDA kernel ") + what + " failed: " + cudaGetErrorString(st));
 }
 
-void copy_to_device(void* dst, const void* src, size_t bytes, int device) {
+namespace {
+// A copy on the device's stream; `wait` when a host buffer is involved (it may be freed or read
+// as soon as we return).
+void stream_copy(void* dst, const void* src, size_t bytes, int device, cudaMemcpyKind kind, bool wait) {
   if (bytes == 0) return;
   const cudaStream_t s = stream(device);
   set_device(device);
-  SD_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s));
-  // The host buffer may be freed as soon as we return.
-  SD_CUDA_CHECK(cudaStreamSynchronize(s));
+  SD_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, s));
+  if (wait) SD_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+}  // namespace
+
+void copy_to_device(void* dst, const void* src, size_t bytes, int device) {
+  stream_copy(dst, src, bytes, device, cudaMemcpyHostToDevice, true);
 }
 
 void copy_to_host(void* dst, const void* src, size_t bytes, int device) {
-  if (bytes == 0) return;
-  const cudaStream_t s = stream(device);
-  set_device(device);
-  SD_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s));
-  SD_CUDA_CHECK(cudaStreamSynchronize(s));
+  stream_copy(dst, src, bytes, device, cudaMemcpyDeviceToHost, true);
 }
 
 void copy_device_to_device(void* dst, const void* src, size_t bytes, int device) {
-  if (bytes == 0) return;
-  const cudaStream_t s = stream(device);
-  set_device(device);
-  SD_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, s));
+  stream_copy(dst, src, bytes, device, cudaMemcpyDeviceToDevice, false);
 }
 
 void memset_async(void* dst, int value, size_t bytes, int device) {

@@ -176,10 +176,8 @@ void validate_request(const GenerateRequest& r) {
 
 void StableDiffusion::validate(const GenerateRequest& r) const {
   validate_request(r);
-  ChunkOptions co;
-  co.max_chunks = max_prompt_chunks_;
-  chunk_prompt(*tokenizer_, parse_extra_networks(r.prompt).prompt, co, embedding_names_);  // too long: InvalidArgument
-  chunk_prompt(*tokenizer_, r.negative_prompt, co, embedding_names_);
+  chunks(parse_extra_networks(r.prompt).prompt);  // too long: InvalidArgument
+  chunks(r.negative_prompt);
   SD_CHECK_ARG(r.clip_skip <= text_encoder_->config().num_layers,
                "clip skip must be between 1 and " + std::to_string(text_encoder_->config().num_layers));
 }
@@ -199,14 +197,18 @@ std::vector<int32_t> context_ids(const ClipTokenizer& tok, const std::string& te
   return ids;
 }
 
+std::vector<PromptChunk> StableDiffusion::chunks(const std::string& text) const {
+  ChunkOptions co;
+  co.max_chunks = max_prompt_chunks_;
+  return chunk_prompt(*tokenizer_, text, co, embedding_names_);
+}
+
 Tensor StableDiffusion::encode_prompt(const std::string& text, int clip_skip) const {
   SD_CHECK_ARG(text_encoder_->config().max_positions >= 77, "this text encoder has " +
                                                                 std::to_string(text_encoder_->config().max_positions) +
                                                                 " positions; prompts need 77 (75 tokens + BOS + EOS)");
-  ChunkOptions co;
-  co.max_chunks = max_prompt_chunks_;
   std::vector<Tensor> parts;
-  for (const PromptChunk& c : chunk_prompt(*tokenizer_, text, co, embedding_names_)) {
+  for (const PromptChunk& c : chunks(text)) {
     std::vector<ClipTextModel::EmbeddingFix> fixes;
     for (const PromptChunk::Fix& f : c.fixes) fixes.push_back({f.position + 1, embeddings_[f.embedding].vectors});
     Tensor z =

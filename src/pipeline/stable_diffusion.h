@@ -123,6 +123,8 @@ class StableDiffusion {
   size_t max_prompt_chunks_ = 64;
   std::vector<TextualInversion> embeddings_;
   std::vector<EmbeddingName> embedding_names_;
+  // chunk_prompt with this model's tokenizer, chunk cap and embeddings.
+  std::vector<PromptChunk> chunks(const std::string& text) const;
   std::unique_ptr<ClipTokenizer> tokenizer_;
   std::unique_ptr<ClipTextModel> text_encoder_;
   std::unique_ptr<UNet> unet_;

@@ -11,6 +11,7 @@
 
 #include "io/safetensors.h"
 #include "pipeline/stable_diffusion.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 
@@ -52,16 +53,8 @@ int worst_diff(const std::vector<uint8_t>& a, const Tensor& b) {
 TEST(PredictionType, MakesTheSd2SingleFileMatchDiffusers) {
   const SafeTensorsFile golden =
       SafeTensorsFile::open((kRoot / "golden" / "txt2img" / "sd2-tiny.safetensors").string());
-  const auto& md = golden.metadata();
-  GenerateRequest r;
-  r.prompt = md.at("prompt");
-  r.negative_prompt = md.at("negative_prompt");
-  r.width = std::stoi(md.at("width"));
-  r.height = std::stoi(md.at("height"));
-  r.steps = std::stoi(md.at("steps"));
-  r.cfg_scale = std::stof(md.at("cfg"));
-  r.seed = std::stoll(md.at("seed"));
-  r.sampler = "DDIM";  // its default spacing, "leading", is what sd2-tiny's config says
+  // DDIM: its default spacing, "leading", is what sd2-tiny's config says.
+  const GenerateRequest r = golden_request(golden, "DDIM", "Automatic", std::stoi(golden.metadata().at("steps")));
   const Tensor want = golden.get("DDIM|Automatic");
 
   // What the file cannot say about the tiny model (as in test_txt2img.cc), but no scheduler config.
