@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """LoRA / LoCon / LoHa / LoKr fixtures and golden images for the tiny models.
 
-Writes <out>/<model>/ (default out: tests/fixtures/lora/).  sd1-tiny gets every file below;
-sd2-tiny only a_kohya.safetensors and the goldens "none" and "a" (fixture size budget: the SD2
+Writes network files to <out>/<model>/ (default out: tests/fixtures/lora/) and golden images to
+<goldens>/<model>.safetensors (default: tests/fixtures/golden/lora/).  sd1-tiny gets every file below;
+sd2-tiny only a_kohya.safetensors and the golden cases "none" and "a" (fixture size budget: the SD2
 text encoder and its Linear proj_in/proj_out are what it adds; see KEEP; --all-files writes all):
 
   a_peft.safetensors   adapter "a" as diffusers writes it (pipe.save_lora_weights: PEFT keys
@@ -22,7 +23,7 @@ text encoder and its Linear proj_in/proj_out are what it adds; see KEEP; --all-f
   lokr.safetensors     LyCORIS LoKr, float16: "<kohya module>.lokr_w1" [a, b] or ".lokr_w1_a" [a, r] +
                        ".lokr_w1_b" [r, b]; ".lokr_w2" [c, d(, kh, kw)] or ".lokr_w2_a" [c, r] +
                        ".lokr_w2_b" [r, d*kh*kw]; ".alpha"  (out = a*c, in = b*d)
-  goldens.safetensors  uint8 [H, W, 3] images, one per case; metadata: prompt, negative_prompt, steps,
+  <model>.safetensors  (in <goldens>) uint8 [H, W, 3] images, one per case; metadata: prompt, negative_prompt, steps,
                        seed, cfg, width, height, sampler, schedule, versions, "cases" (JSON: key,
                        networks [{name, weight, files}], how the golden was made, the checks below)
                        and "networks" (JSON per file: format, rank, alpha, patterns, targets, seed)
@@ -78,7 +79,7 @@ which PyPI does not have; setup_environment() lowers that check to the installed
 reference merge confirms what diffusers then computes).  With accelerate installed diffusers loads
 models with low_cpu_mem_usage=True; the no-network image still equals the committed golden.
 
-Usage:  python tools/make_lora_fixtures.py [--out DIR] [--models sd1-tiny sd2-tiny] [--all-files]
+Usage:  python tools/make_lora_fixtures.py [--out DIR] [--goldens DIR] [--models sd1-tiny sd2-tiny] [--all-files]
         (~30 s, one thread; byte-identical reruns)
 """
 from __future__ import annotations
@@ -106,6 +107,7 @@ from diffusers import StableDiffusionPipeline  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO / "tests" / "fixtures" / "models"
 DEFAULT_OUT = REPO / "tests" / "fixtures" / "lora"
+DEFAULT_GOLDENS = REPO / "tests" / "fixtures" / "golden" / "lora"
 TXT2IMG_GOLDENS = REPO / "tests" / "fixtures" / "golden" / "txt2img"
 
 SAMPLER, SCHEDULE = "Euler", "Automatic"
@@ -619,7 +621,7 @@ def run_case(model: str, key: str, nets: list, source: str, files: dict, none_im
     return img, checks
 
 
-def run_model(model: str, out_dir: Path, keep_all: bool) -> int:
+def run_model(model: str, out_dir: Path, golden_dir: Path, keep_all: bool) -> int:
     keep = KEEP.get(model) if not keep_all else None
     with tempfile.TemporaryDirectory() as tmp:
         files, described = write_networks(model, Path(tmp))
@@ -664,10 +666,12 @@ def run_model(model: str, out_dir: Path, keep_all: bool) -> int:
         "cases": json.dumps(cases_meta, sort_keys=True),
         "networks": json.dumps({k: v for k, v in described.items() if Path(k).stem in kept}, sort_keys=True),
     }
+    golden_dir.mkdir(parents=True, exist_ok=True)
+    golden_path = golden_dir / f"{model}.safetensors"
     st_io.save_file_sorted({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in images.items()},
-                           out_dir / "goldens.safetensors", meta)
+                           golden_path, meta)
     total = 0
-    for f in sorted(out_dir.glob("*.safetensors")):
+    for f in sorted(out_dir.glob("*.safetensors")) + [golden_path]:
         total += f.stat().st_size
         print(f"  {f}  {f.stat().st_size:7d} bytes")
     print(f"  {model}: {total} bytes in all")
@@ -676,13 +680,16 @@ def run_model(model: str, out_dir: Path, keep_all: bool) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="network files go to OUT/<model>/")
+    ap.add_argument("--goldens", type=Path, default=DEFAULT_GOLDENS,
+                    help="golden images go to GOLDENS/<model>.safetensors (kept out of the network folder, "
+                         "which tests use as a LoRA folder)")
     ap.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     ap.add_argument("--all-files", action="store_true",
                     help="write every network file and case for every model (default: the KEEP subset)")
     args = ap.parse_args(argv)
     setup_environment()
-    total = sum(run_model(model, args.out / model, args.all_files) for model in args.models)
+    total = sum(run_model(model, args.out / model, args.goldens, args.all_files) for model in args.models)
     print(f"{total} bytes in all")
     return 0
 

@@ -5,6 +5,7 @@
 #include <unistd.h>
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -135,9 +136,32 @@ std::string output_name(const std::string& pattern, int index, int count) {
 
 struct GenerateArgs {
   std::string model, output, rng = "cpu", device = "cpu", dtype = "auto";
+  std::vector<std::string> loras;  // PATH[:WEIGHT]
   sd::GenerateRequest req;
   sd::LoadOptions load;
 };
+
+// --lora PATH[:WEIGHT]: the weight applies to the text encoder and the UNet alike; a suffix after
+// the last ':' that is not a number is part of the path.
+sd::LoraRequest parse_lora_arg(const std::string& arg) {
+  sd::LoraRequest r;
+  r.path = arg;
+  const size_t colon = arg.rfind(':');
+  if (colon != std::string::npos && colon > 0) {
+    const std::string w = arg.substr(colon + 1);
+    char* end = nullptr;
+    const float v = std::strtof(w.c_str(), &end);
+    if (!w.empty() && end == w.c_str() + w.size()) {
+      if (!std::isfinite(v))
+        throw sd::InvalidArgument("--lora " + arg + ": the weight must be a finite number (PATH[:WEIGHT])");
+      r.path = arg.substr(0, colon);
+      r.te_multiplier = r.unet_multiplier = v;
+    }
+  }
+  if (!std::filesystem::is_regular_file(r.path))
+    throw sd::NotFoundError("--lora " + arg + ": no file " + r.path + " (give PATH[:WEIGHT] of a .safetensors LoRA)");
+  return r;
+}
 
 int cmd_generate(GenerateArgs& a) {
   const auto t0 = std::chrono::steady_clock::now();
@@ -146,6 +170,7 @@ int cmd_generate(GenerateArgs& a) {
   // auto: f16 on a GPU (what every SD GPU runtime uses), f32 on the CPU (no fast f16 there).
   a.load.dtype = a.dtype == "auto" ? (a.load.device.type == sd::DeviceType::CUDA ? sd::DType::F16 : sd::DType::F32)
                                    : sd::parse_compute_dtype(a.dtype);
+  for (const std::string& l : a.loras) a.req.loras.push_back(parse_lora_arg(l));
   sd::validate_request(a.req);  // bad sizes, steps or sampler names fail before loading anything
   const auto model = sd::StableDiffusion::load(a.model, a.load);  // checks a.load before reading the model
   model->validate(a.req);
@@ -254,6 +279,12 @@ int main(int argc, char** argv) {
   generate->add_option("--embeddings-dir", gen.load.embeddings_dir,
                        "textual-inversion embeddings (<name>.safetensors), used by writing <name> in the prompt");
   generate->add_option("--dtype", gen.dtype, "auto (default: f16 on cuda, f32 on cpu), f32, f16 or bf16");
+  generate->add_option("--lora", gen.loras,
+                       "PATH[:WEIGHT] of a LoRA/LoCon/LoHa/LoKr .safetensors to merge (weight 1 by default); "
+                       "repeat for several");
+  generate->add_option("--lora-dir", gen.load.lora_dir,
+                       "folder of LoRAs that prompt tags <lora:NAME:WEIGHT> name (NAME.safetensors, searched "
+                       "recursively)");
 
   auto* serve = app.add_subcommand("serve", "Run the HTTP service (not implemented yet)");
   serve->allow_extras();

@@ -279,4 +279,17 @@ ClipTextModel::Output ClipTextModel::forward(const Tensor& ids, int clip_skip, b
   return out;
 }
 
+void ClipTextModel::for_each_weight(const std::function<void(const std::string&, Tensor&)>& fn) {
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const std::string p = "text_model.encoder.layers." + std::to_string(i) + ".";
+    ClipTextLayer& L = layers_[i];
+    fn(p + "self_attn.q_proj", L.q_w);
+    fn(p + "self_attn.k_proj", L.k_w);
+    fn(p + "self_attn.v_proj", L.v_w);
+    fn(p + "self_attn.out_proj", L.o_w);
+    fn(p + "mlp.fc1", L.fc1_w);
+    fn(p + "mlp.fc2", L.fc2_w);
+  }
+}
+
 }  // namespace sdserve

@@ -4,6 +4,7 @@
 // SDXL adds a second tower with a projection and pooled output: `text_projection`
 // and `Output::pooled` are already here for it.
 #pragma once
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -78,6 +79,10 @@ class ClipTextModel {
   Output forward(const Tensor& ids, int clip_skip, bool want_pooled, const std::vector<EmbeddingFix>& fixes) const;
 
   const ClipTextConfig& config() const { return cfg_; }
+  // The attention and MLP weights of every layer under their transformers names
+  // ("text_model.encoder.layers.N.self_attn.q_proj", "...mlp.fc1"), whatever layout the file had,
+  // for merging LoRA-family networks in place (pipeline/lora.h).
+  void for_each_weight(const std::function<void(const std::string& module, Tensor& weight)>& fn);
 
  private:
   ClipTextConfig cfg_;

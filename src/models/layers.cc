@@ -31,6 +31,7 @@ Tensor load(const WeightSource& src, const std::string& name, const Shape& shape
 
 Linear Linear::load(const WeightSource& src, const std::string& p, int64_t in, int64_t out, bool bias, DType dt) {
   Linear l;
+  l.name = p;
   l.w = layers::load(src, p + ".weight", {out, in}, dt);
   if (bias) l.b = layers::load(src, p + ".bias", {out}, dt);
   return l;
@@ -41,6 +42,7 @@ Tensor Linear::operator()(const Tensor& x) const { return ops::linear(x, w, b.de
 Conv2d Conv2d::load(const WeightSource& src, const std::string& p, int64_t in, int64_t out, int64_t k, DType dt,
                     int64_t stride) {
   Conv2d c;
+  c.name = p;
   c.w = layers::load(src, p + ".weight", {out, in, k, k}, dt);
   c.b = layers::load(src, p + ".bias", {out}, dt);
   c.opt = ops::Conv2dOptions::same(k, stride);

@@ -16,7 +16,8 @@ Tensor load(const WeightSource& src, const std::string& name, const Shape& shape
 Shape stored_shape(const WeightSource& src, const std::string& name);
 
 struct Linear {
-  Tensor w, b;  // b may be undefined
+  Tensor w, b;       // b may be undefined
+  std::string name;  // the module's name under the source it was loaded from (LoRA targets)
   static Linear load(const WeightSource& src, const std::string& prefix, int64_t in, int64_t out, bool bias, DType dt);
   Tensor operator()(const Tensor& x) const;
 };
@@ -24,6 +25,7 @@ struct Linear {
 struct Conv2d {
   Tensor w, b;
   ops::Conv2dOptions opt;
+  std::string name;
   static Conv2d load(const WeightSource& src, const std::string& prefix, int64_t in, int64_t out, int64_t k, DType dt,
                      int64_t stride = 1);
   Tensor operator()(const Tensor& x) const;

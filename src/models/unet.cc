@@ -150,6 +150,43 @@ Tensor UNet::run_transformer(const Transformer2D& t, const Tensor& x, const Tens
   return ops::add(y, x);
 }
 
+void UNet::for_each_weight(const std::function<void(const std::string&, Tensor&)>& fn) {
+  auto lin = [&](layers::Linear& l) {
+    if (l.w.defined()) fn(l.name, l.w);
+  };
+  auto conv = [&](layers::Conv2d& c) {
+    if (c.w.defined()) fn(c.name, c.w);
+  };
+  auto block = [&](Block& b) {
+    for (layers::ResBlock& r : b.resnets) {
+      conv(r.conv1);
+      conv(r.conv2);
+      conv(r.shortcut);
+      lin(r.time_emb_proj);
+    }
+    for (Transformer2D& t : b.attentions) {
+      lin(t.proj_in_linear);
+      lin(t.proj_out_linear);
+      conv(t.proj_in_conv);
+      conv(t.proj_out_conv);
+      for (TransformerBlock& tb : t.blocks) {
+        for (layers::Attention* a : {&tb.attn1, &tb.attn2})
+          for (layers::Linear* l : {&a->q, &a->k, &a->v, &a->out}) lin(*l);
+        lin(tb.ff_in);
+        lin(tb.ff_out);
+      }
+    }
+    conv(b.sampler);
+  };
+  lin(time_1);
+  lin(time_2);
+  conv(conv_in);
+  for (Block& b : down_) block(b);
+  block(mid_);
+  for (Block& b : up_) block(b);
+  conv(conv_out);
+}
+
 Tensor UNet::forward(const Tensor& x_in, const std::vector<float>& timesteps, const Tensor& context_in) const {
   SD_CHECK_ARG(
       x_in.dim() == 4 && x_in.size(1) == cfg_.in_channels,

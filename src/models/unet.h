@@ -2,6 +2,8 @@
 // scheduler's business). Weights are named as in diffusers; single-file
 // checkpoints reach it through a renaming WeightSource (io/ldm_names.h).
 #pragma once
+#include <functional>
+#include <string>
 #include <vector>
 
 #include "models/configs.h"
@@ -16,6 +18,9 @@ class UNet {
   // x [N, in, h, w], timesteps: one per sample (or one for all), context [N, T, cross_attention_dim].
   Tensor forward(const Tensor& x, const std::vector<float>& timesteps, const Tensor& context) const;
   const UNetConfig& config() const { return cfg_; }
+  // Every Linear and Conv2d weight with its diffusers module name ("down_blocks.0.resnets.0.conv1"),
+  // for merging LoRA-family networks in place (pipeline/lora.h).
+  void for_each_weight(const std::function<void(const std::string& module, Tensor& weight)>& fn);
 
  private:
   struct TransformerBlock {

@@ -62,6 +62,7 @@ std::unique_ptr<StableDiffusion> StableDiffusion::load(const std::string& path, 
 #endif
   SD_CHECK_ARG(opt.max_prompt_chunks >= 1, "max prompt chunks must be at least 1");
   auto sd = std::make_unique<StableDiffusion>();
+  sd->loras_ = std::make_unique<LoraLibrary>(opt.lora_dir, opt.lora_cache_bytes);  // a missing folder: NotFound
   sd->max_prompt_chunks_ = opt.max_prompt_chunks;
   sd->files_ = std::make_unique<ModelFiles>(ModelFiles::open(path));
   const ModelFiles& m = *sd->files_;
@@ -118,6 +119,7 @@ std::unique_ptr<StableDiffusion> StableDiffusion::load(const std::string& path, 
     throw ModelFormatError(path + ": UNet cross-attention width " + std::to_string(ucfg.cross_attention_dim) +
                            " does not match the text encoder (" +
                            std::to_string(sd->text_encoder_->config().hidden_size) + ")");
+  sd->patcher_ = std::make_unique<WeightPatcher>(patch_targets(sd->text_encoder_.get(), sd->unet_.get()));
   return sd;
 }
 
@@ -160,22 +162,32 @@ void validate_request(const GenerateRequest& r) {
                "guidance rescale must be between 0 and 1");
   SD_CHECK_ARG(std::isfinite(r.eta) && r.eta >= 0 && r.eta <= 1, "eta must be between 0 and 1");
   parse_sampler(r.sampler, r.schedule);  // throws with the list of valid names
-  // Extra networks: a malformed <lora:...> multiplier is a bad request; LoRA and hypernetworks
-  // are not applied yet, so asking for one fails rather than being silently ignored. Other tags
-  // A1111 would skip as unknown networks are removed from the prompt and ignored, as there.
+  // Extra networks: a malformed <lora:...> multiplier is a bad request. Hypernetworks are not
+  // applied, so asking for one fails rather than being silently ignored. Other tags A1111 would
+  // skip as unknown networks are removed from the prompt and ignored, as there.
   const ExtraNetworkPrompt extra = parse_extra_networks(r.prompt);
-  const std::vector<LoraCall> loras = lora_calls(extra.calls);
-  if (!loras.empty())
-    throw UnsupportedError("LoRA is not supported yet (prompt asks for <lora:" + loras[0].name +
-                           ">): remove the tag; adapters are tracked in the prompts-and-adapters issue");
+  lora_calls(extra.calls);
   for (const ExtraNetworkCall& c : extra.calls)
     if (c.network == "hypernet")
       throw UnsupportedError("hypernetworks are not supported (prompt asks for <hypernet:" +
                              (c.items.empty() ? std::string() : c.items[0]) + ">)");
+  for (const LoraRequest& l : r.loras) {
+    SD_CHECK_ARG(l.name.empty() != l.path.empty(), "a LoRA is given by a name or by a path, not both nor neither");
+    SD_CHECK_ARG(std::isfinite(l.te_multiplier) && std::isfinite(l.unet_multiplier) &&
+                     std::abs(l.te_multiplier) <= 1000 && std::abs(l.unet_multiplier) <= 1000,
+                 "LoRA '" + l.name + l.path + "': multipliers must be finite numbers within +-1000");
+  }
 }
 
 void StableDiffusion::validate(const GenerateRequest& r) const {
   validate_request(r);
+  // Unknown LoRA names fail here, before any work, with the list of what is available.
+  std::vector<std::string> names;
+  for (const LoraCall& c : lora_calls(parse_extra_networks(r.prompt).calls)) names.push_back(c.name);
+  for (const LoraRequest& l : r.loras)
+    if (!l.name.empty()) names.push_back(l.name);
+  for (const std::string& n : names)
+    if (!loras_->has(n)) loras_->by_name(n);      // throws NotFoundError listing the names
   chunks(parse_extra_networks(r.prompt).prompt);  // too long: InvalidArgument
   chunks(r.negative_prompt);
   SD_CHECK_ARG(r.clip_skip <= text_encoder_->config().num_layers,
@@ -242,8 +254,31 @@ Tensor StableDiffusion::encode_prompt(const std::string& text, int clip_skip) co
   return parts.size() == 1 ? parts[0] : ops::concat(parts, 1);
 }
 
+std::vector<AppliedNetwork> StableDiffusion::resolve_loras(const GenerateRequest& req) const {
+  std::vector<AppliedNetwork> set;
+  for (const LoraCall& c : lora_calls(parse_extra_networks(req.prompt).calls))
+    set.push_back({loras_->by_name(c.name), c.te_multiplier, c.unet_multiplier});
+  for (const LoraRequest& l : req.loras)
+    set.push_back(
+        {l.name.empty() ? loras_->by_path(l.path) : loras_->by_name(l.name), l.te_multiplier, l.unet_multiplier});
+  return set;
+}
+
+void StableDiffusion::apply_loras(const std::vector<AppliedNetwork>& set) {
+  std::lock_guard<std::mutex> lk(run_mu_);
+  patcher_->apply(set);
+}
+
+std::string StableDiffusion::weights_digest() const {
+  std::lock_guard<std::mutex> lk(run_mu_);
+  return patcher_->digest();
+}
+
 std::vector<GeneratedImage> StableDiffusion::txt2img(const GenerateRequest& req, const ProgressFn& progress) const {
   validate(req);
+  const std::vector<AppliedNetwork> networks = resolve_loras(req);
+  std::lock_guard<std::mutex> lk(run_mu_);
+  patcher_->apply(networks);
   const int64_t n = req.batch_size;
   int64_t seed = req.seed;
   if (seed < 0) seed = int64_t(std::random_device{}() & 0xFFFFFFFFu);

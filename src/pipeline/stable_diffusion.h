@@ -4,6 +4,7 @@
 #pragma once
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "models/unet.h"
 #include "models/vae.h"
 #include "pipeline/embeddings.h"
+#include "pipeline/lora.h"
 #include "pipeline/prompt.h"
 #include "pipeline/rng.h"
 #include "pipeline/scheduler.h"
@@ -47,6 +49,21 @@ struct LoadOptions {
   // A folder of textual-inversion embeddings (<name>.safetensors), used by writing <name> in a
   // prompt (docs/PROMPTS.md).
   std::optional<std::string> embeddings_dir;
+  // A folder of LoRA-family networks (*.safetensors, searched recursively): <lora:NAME:W> tags and
+  // LoraRequest::name resolve to NAME.safetensors there (docs/PROMPTS.md).
+  std::optional<std::string> lora_dir;
+  // Parsed networks kept in memory between requests (f32 factors), least recently used out first.
+  size_t lora_cache_bytes = size_t(2) << 30;
+};
+
+// A LoRA a request asks for besides the prompt's <lora:...> tags.
+struct LoraRequest {
+  // A name in LoadOptions::lora_dir (what untrusted callers such as the HTTP API may give), or,
+  // for trusted callers only (the CLI's --lora), a file path.
+  std::string name;
+  std::string path;
+  float te_multiplier = 1.f;
+  float unet_multiplier = 1.f;
 };
 
 struct GenerateRequest {
@@ -67,6 +84,9 @@ struct GenerateRequest {
   // Decode in overlapping tiles (diffusers enable_tiling): VAE memory stays that of one tile, so
   // large images fit; the image differs slightly from an untiled decode. Off by default.
   bool vae_tiling = false;
+  // Networks to merge for this request, after those the prompt's <lora:...> tags name. Each request
+  // gets exactly its own set: the base weights are restored exactly between requests.
+  std::vector<LoraRequest> loras;
 };
 
 struct GeneratedImage {
@@ -104,6 +124,8 @@ class StableDiffusion {
 
   // validate_request plus the model-dependent checks; throws InvalidArgument naming the bad value.
   void validate(const GenerateRequest& req) const;
+  // Generations on one model run one at a time (a request's LoRA set is merged into the shared
+  // weights for its duration); concurrent calls wait.
   std::vector<GeneratedImage> txt2img(const GenerateRequest& req, const ProgressFn& progress = {}) const;
 
   // [1, 77 * chunks, D] conditioning of a prompt by A1111's method (docs/PROMPTS.md): attention
@@ -118,6 +140,17 @@ class StableDiffusion {
   const std::vector<TextualInversion>& embeddings() const { return embeddings_; }
   int vae_scale_factor() const { return vae_scale_; }
 
+  // The networks a request merges: its prompt's <lora:...> tags in order, then req.loras. Throws
+  // NotFoundError listing the available names for an unknown one; parses (and caches) the files.
+  std::vector<AppliedNetwork> resolve_loras(const GenerateRequest& req) const;
+  // Merges `set` into the weights (restoring the base weights first); an empty set restores them.
+  // txt2img does this itself; exposed for tests and the bench.
+  void apply_loras(const std::vector<AppliedNetwork>& set);
+  // SHA-256 of every weight a network can change (equal to a fresh load's when none is merged).
+  std::string weights_digest() const;
+  // Names of the networks in LoadOptions::lora_dir (empty without one).
+  std::vector<std::string> lora_names() const { return loras_->names(); }
+
  private:
   std::unique_ptr<ModelFiles> files_;
   size_t max_prompt_chunks_ = 64;
@@ -131,6 +164,9 @@ class StableDiffusion {
   std::unique_ptr<VAE> vae_;
   ScheduleConfig schedule_;
   int vae_scale_ = 8;
+  std::unique_ptr<LoraLibrary> loras_;
+  std::unique_ptr<WeightPatcher> patcher_;
+  mutable std::mutex run_mu_;  // one generation (and LoRA merge) at a time
 };
 
 }  // namespace sdserve

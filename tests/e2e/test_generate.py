@@ -6,6 +6,8 @@ from conftest import FIXTURES, decode_png, read_safetensors
 
 MODELS = FIXTURES / "models"
 GOLDEN = FIXTURES / "golden" / "txt2img"
+LORA = FIXTURES / "lora"
+LORA_GOLDEN = FIXTURES / "golden" / "lora"
 CASES = ["Euler a|Automatic", "DPM++ 2M|Karras", "DDIM|Automatic", "UniPC|SGM Uniform"]
 
 
@@ -52,8 +54,13 @@ def test_generate_matches_diffusers(run, tmp_path, model, case):
     ({"--sampler": "Bogus"}, "DPM++ 2M"),  # the message lists the valid names
     ({"--prediction-type": "sample"}, "v_prediction"),
     ({"--scheduler-config": "/no/such/scheduler_config.json"}, "scheduler config not found"),
-    ({"--prompt": "a cat <lora:film:0.8>"}, "LoRA is not supported yet"),
+    ({"--prompt": "a cat <lora:film:0.8>"}, "--lora-dir"),  # a tag needs a LoRA folder
+    ({"--prompt": "a cat <lora:film:0.8>", "--lora-dir": LORA / "sd1-tiny"}, "available in"),
     ({"--prompt": "a cat <lora:film:abc>"}, "not a number"),
+    ({"--lora-dir": "/no/such/loras"}, "LoRA directory not found"),
+    ({"--lora": "/no/such/lora.safetensors:0.5"}, "no file /no/such/lora.safetensors"),
+    ({"--lora": LORA / "sd2-tiny" / "a_kohya.safetensors"}, "does not fit"),  # SD2 LoRA on an SD1 model
+    ({"--lora": MODELS / "sd1-tiny" / "unet" / "config.json"}, "config.json"),  # not a safetensors file
     ({"--device": "cuda:3"}, "cuda:3"),
     ({"--dtype": "int8"}, "int8"),
     ({"--embeddings-dir": "/no/such/embeddings"}, "embeddings directory not found"),
@@ -67,6 +74,30 @@ def test_generate_bad_input(run, tmp_path, over, needle):
         for name in ("Euler a", "DDIM", "UniPC"):
             assert name in line, line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("golden, lora_args, tags", [
+    ("a", ["--lora", "a_peft.safetensors"], ""),
+    ("a", [], " <lora:a_kohya:1>"),
+    ("a0.7+b0.4", ["--lora", "a_kohya.safetensors:0.7", "--lora", "b_peft.safetensors:0.4"], ""),
+    ("a0.7+b0.4", ["--lora", "b_kohya.safetensors:0.4"], " <lora:a_peft:0.7>"),
+    ("loha0.8", [], " <lora:loha:0.8>"),
+    ("lokr0.8", ["--lora", "lokr.safetensors:0.8"], ""),
+])
+def test_generate_with_loras_matches_reference(run, tmp_path, golden, lora_args, tags):
+    """--lora PATH[:WEIGHT] and <lora:NAME:WEIGHT> tags with --lora-dir: the image matches diffusers'
+    load_lora_weights + set_adapters (LoHa/LoKr: tools/make_lora_fixtures.py's reference merge)."""
+    tensors, meta = read_safetensors(LORA_GOLDEN / "sd1-tiny.safetensors")
+    want = tensors[golden][2]
+    folder = LORA / "sd1-tiny"
+    extra = [str(folder / a) if a.endswith((".safetensors", ":0.7", ":0.4", ":0.8")) else a for a in lora_args]
+    out = tmp_path / "out.png"
+    p = run(*(generate_args("sd1-tiny", out, meta, **{"--prompt": meta["prompt"] + tags, "--lora-dir": folder})
+              + extra))
+    assert p.returncode == 0, p.stderr
+    got = decode_png(out)[3]
+    worst = max(abs(a - b) for a, b in zip(got, want))
+    assert worst <= 2, f"{golden}: max |diff| {worst}/255"
 
 
 def test_generate_missing_model(run, tmp_path):

@@ -219,17 +219,19 @@ TEST(LongPrompt, ZeroWeightsGiveFiniteConditioning) {
     for (float v : sd->encode_prompt(p, 1).to_vector()) ASSERT_TRUE(std::isfinite(v)) << p;
 }
 
-TEST(LongPrompt, LoraTagsFailClearlyUntilAdaptersExist) {
+TEST(LongPrompt, ExtraNetworkTagsAreCheckedBeforeLoading) {
   GenerateRequest r;
-  r.prompt = "a cat <lora:film:0.8>";
+  r.prompt = "a cat <lora:film:0.8>";  // the name is checked against a model's LoRA folder (test_lora.cc)
+  EXPECT_NO_THROW(validate_request(r));
+  r.prompt = "a cat <lora:film:zero>";
+  EXPECT_THROW(validate_request(r), InvalidArgument);
+  r.prompt = "a cat <hypernet:film:1>";
   try {
     validate_request(r);
     FAIL() << "expected UnsupportedError";
   } catch (const UnsupportedError& e) {
     EXPECT_NE(std::string(e.what()).find("film"), std::string::npos);
   }
-  r.prompt = "a cat <lora:film:zero>";
-  EXPECT_THROW(validate_request(r), InvalidArgument);
   r.prompt = "a cat <unknownnet:x>";  // A1111 skips unknown networks
   EXPECT_NO_THROW(validate_request(r));
 }
