@@ -12,6 +12,7 @@
 #include <unordered_set>
 
 #include "core/error.h"
+#include "core/utf8.h"
 #include "io/mmap_file.h"
 
 namespace sdserve {
@@ -25,58 +26,9 @@ constexpr size_t kMaxQuoted = 160;
 // Real tensors have a handful of dimensions; the cap bounds memory for hostile headers.
 constexpr size_t kMaxRank = 64;
 
-// Length of the valid UTF-8 sequence starting at s[i], or 0 if it is not one.
-size_t utf8_len(std::string_view s, size_t i) {
-  const auto at = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
-  const unsigned char c = at(i);
-  size_t n;
-  unsigned char lo = 0x80, hi = 0xbf;  // allowed range of the second byte
-  if (c < 0x80) return 1;
-  if (c >= 0xc2 && c <= 0xdf) {
-    n = 2;
-  } else if (c >= 0xe0 && c <= 0xef) {
-    n = 3;
-    if (c == 0xe0) lo = 0xa0;  // overlong
-    if (c == 0xed) hi = 0x9f;  // surrogates
-  } else if (c >= 0xf0 && c <= 0xf4) {
-    n = 4;
-    if (c == 0xf0) lo = 0x90;
-    if (c == 0xf4) hi = 0x8f;
-  } else {
-    return 0;
-  }
-  if (i + n > s.size() || at(i + 1) < lo || at(i + 1) > hi) return 0;
-  for (size_t k = 2; k < n; ++k)
-    if (at(i + k) < 0x80 || at(i + k) > 0xbf) return 0;
-  return n;
-}
-
-// Error messages must stay on one line and valid UTF-8 (they end up in JSON logs and HTTP
-// responses) whatever bytes the file contains: control bytes and invalid UTF-8 become \xNN.
-std::string printable(std::string_view s, size_t max_len = kMaxQuoted) {
-  static const char hex[] = "0123456789abcdef";
-  std::string out;
-  size_t i = 0;
-  while (i < s.size() && out.size() < max_len) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    const size_t n = utf8_len(s, i);
-    if (n == 0 || c < 0x20 || c == 0x7f) {
-      out += "\\x";
-      out += hex[c >> 4];
-      out += hex[c & 15];
-      ++i;
-    } else {
-      out.append(s.substr(i, n));
-      i += n;
-    }
-  }
-  if (i < s.size()) out += "...";
-  return out;
-}
-
 std::string qname(std::string_view name) {
   std::string out(1, '\'');  // appended, not "'" + ...: GCC 12 warns falsely (-Wrestrict) on that
-  out += printable(name);
+  out += printable(name, kMaxQuoted);
   out += '\'';
   return out;
 }

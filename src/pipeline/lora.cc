@@ -9,7 +9,9 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/utf8.h"
 #include "io/safetensors.h"
+#include "io/sha256.h"
 
 namespace sdserve {
 
@@ -72,6 +74,14 @@ bool ends_with(const std::string& s, const std::string& e) {
 
 std::string shape_of(const Tensor& t) { return shape_str(t.shape()); }
 
+// Names from a file, quoted for a one-line message whatever bytes they hold.
+std::string q(std::string_view s) {
+  std::string out(1, '\'');  // appended, not "'" + ...: GCC 12 warns falsely (-Wrestrict) on that
+  out += printable(s);
+  out += '\'';
+  return out;
+}
+
 // "text_encoder." / "unet." for PEFT keys; "" otherwise.
 std::string peft_component(const std::string& module) {
   for (const char* c : {"unet.", "text_encoder."})
@@ -118,7 +128,7 @@ std::map<std::string, PeftConfig> peft_configs(const SafeTensorsFile& f) {
 
 float scalar_value(const SafeTensorsFile& f, const TensorInfo& info) {
   if (shape_numel(info.shape) != 1)
-    throw ModelFormatError(f.path() + ": tensor '" + info.name + "' should hold one number, has shape " +
+    throw ModelFormatError(f.path() + ": tensor " + q(info.name) + " should hold one number, has shape " +
                            shape_str(info.shape));
   const auto bytes = f.tensor_bytes(info);
   switch (info.dtype) {
@@ -139,7 +149,7 @@ float scalar_value(const SafeTensorsFile& f, const TensorInfo& info) {
     }
     default:
       if (!is_float(info.dtype))
-        throw ModelFormatError(f.path() + ": tensor '" + info.name + "' has dtype " + dtype_name(info.dtype) +
+        throw ModelFormatError(f.path() + ": tensor " + q(info.name) + " has dtype " + dtype_name(info.dtype) +
                                "; alpha must be a number");
       return f.get_as(info.name, DType::F32).data<float>()[0];
   }
@@ -149,10 +159,10 @@ float scalar_value(const SafeTensorsFile& f, const TensorInfo& info) {
 void finish_module(const std::string& path, LoraModule& m, std::optional<float> alpha,
                    const std::map<std::string, PeftConfig>& peft) {
   auto has = [&](const char* r) { return m.t.count(r) > 0; };
-  auto where = [&](const char* r) { return path + ": tensor '" + m.stored_key.at(r) + "'"; };
+  auto where = [&](const char* r) { return path + ": tensor " + q(m.stored_key.at(r)); };
   auto need = [&](const char* r) {
     if (!has(r))
-      throw ModelFormatError(path + ": module '" + m.key + "' has no " + r + " factor (the file is incomplete)");
+      throw ModelFormatError(path + ": module " + q(m.key) + " has no " + r + " factor (the file is incomplete)");
     return m.t.at(r);
   };
   auto dims = [&](const char* r, int lo, int hi) {
@@ -165,8 +175,8 @@ void finish_module(const std::string& path, LoraModule& m, std::optional<float> 
   const bool loha = has("h1a") || has("h1b") || has("h2a") || has("h2b");
   const bool lokr = has("w1") || has("w2") || has("w1a") || has("w1b") || has("w2a") || has("w2b");
   const int kinds = int(lora) + int(loha) + int(lokr) + int(has("diff"));
-  if (kinds == 0) throw ModelFormatError(path + ": module '" + m.key + "' has an alpha but no factors");
-  if (kinds > 1) throw ModelFormatError(path + ": module '" + m.key + "' mixes factors of different network types");
+  if (kinds == 0) throw ModelFormatError(path + ": module " + q(m.key) + " has an alpha but no factors");
+  if (kinds > 1) throw ModelFormatError(path + ": module " + q(m.key) + " mixes factors of different network types");
 
   if (has("diff")) {
     m.kind = LoraModule::Kind::Full;
@@ -219,7 +229,7 @@ void finish_module(const std::string& path, LoraModule& m, std::optional<float> 
     const Tensor &w1a = m.t.at("h1a"), &w1b = m.t.at("h1b"), &w2a = m.t.at("h2a"), &w2b = m.t.at("h2b");
     if (w1a.size(1) != w1b.size(0) || w2a.size(1) != w2b.size(0) || w1a.size(0) != w2a.size(0) ||
         w1b.size(1) != w2b.size(1))
-      throw ModelFormatError(path + ": module '" + m.key + "': LoHa factors " + shape_of(w1a) + " " + shape_of(w1b) +
+      throw ModelFormatError(path + ": module " + q(m.key) + ": LoHa factors " + shape_of(w1a) + " " + shape_of(w1b) +
                              " " + shape_of(w2a) + " " + shape_of(w2b) + " do not fit together");
     m.scale = alpha ? *alpha / float(w1b.size(0)) : 1.f;
     return;
@@ -229,7 +239,7 @@ void finish_module(const std::string& path, LoraModule& m, std::optional<float> 
     const std::string a = std::string(side) + "a", b = std::string(side) + "b";
     if (has(side)) {
       if (has(a.c_str()) || has(b.c_str()))
-        throw ModelFormatError(path + ": module '" + m.key + "' has both lokr_" + side + " and its factors");
+        throw ModelFormatError(path + ": module " + q(m.key) + " has both lokr_" + side + " and its factors");
       dims(side, 2, side[1] == '2' ? 4 : 2);
     } else {
       need(a.c_str());
@@ -237,7 +247,7 @@ void finish_module(const std::string& path, LoraModule& m, std::optional<float> 
       dims(a.c_str(), 2, 2);
       dims(b.c_str(), 2, 2);
       if (m.t.at(a).size(1) != m.t.at(b).size(0))
-        throw ModelFormatError(path + ": module '" + m.key + "': lokr_" + side + "_a " + shape_of(m.t.at(a)) +
+        throw ModelFormatError(path + ": module " + q(m.key) + ": lokr_" + side + "_a " + shape_of(m.t.at(a)) +
                                " and lokr_" + side + "_b " + shape_of(m.t.at(b)) + " do not fit together");
     }
   }
@@ -254,7 +264,11 @@ void finish_module(const std::string& path, LoraModule& m, std::optional<float> 
 std::string LoraNetwork::name() const { return std::filesystem::path(path_).stem().string(); }
 
 std::shared_ptr<const LoraNetwork> LoraNetwork::open(const std::string& path) {
-  const SafeTensorsFile f = SafeTensorsFile::open(path);
+  return from_file(SafeTensorsFile::open(path));
+}
+
+std::shared_ptr<const LoraNetwork> LoraNetwork::from_file(const SafeTensorsFile& f) {
+  const std::string path = printable(f.path(), 4096);
   const auto peft = peft_configs(f);
   auto net = std::make_shared<LoraNetwork>();
   net->path_ = path;
@@ -279,16 +293,16 @@ std::shared_ptr<const LoraNetwork> LoraNetwork::open(const std::string& path) {
       role = down ? "down" : "up";
     }
     if (module.empty())
-      throw UnsupportedError(path + ": tensor '" + key +
-                             "' is not part of a LoRA, LoCon, LoHa, LoKr or full-diff network we can merge");
+      throw UnsupportedError(path + ": tensor " + q(key) +
+                             " is not part of a LoRA, LoCon, LoHa, LoKr or full-diff network we can merge");
     if (!role.empty() && role[0] == '|')
-      throw UnsupportedError(path + ": tensor '" + key + "' is " + role.substr(1) + ", which is not supported");
+      throw UnsupportedError(path + ": tensor " + q(key) + " is " + role.substr(1) + ", which is not supported");
     if (role == "alpha") {
       alphas[module] = scalar_value(f, info);
       continue;
     }
     if (!is_float(info.dtype))
-      throw ModelFormatError(path + ": tensor '" + key + "' has dtype " + dtype_name(info.dtype) +
+      throw ModelFormatError(path + ": tensor " + q(key) + " has dtype " + dtype_name(info.dtype) +
                              "; network factors are floating point");
     auto [it, fresh] = index.emplace(module, net->modules_.size());
     if (fresh) {
@@ -297,26 +311,30 @@ std::shared_ptr<const LoraNetwork> LoraNetwork::open(const std::string& path) {
     }
     LoraModule& m = net->modules_[it->second];
     if (m.t.count(role))
-      throw ModelFormatError(path + ": module '" + module + "' has two " + role + " factors ('" + m.stored_key[role] +
-                             "' and '" + key + "')");
+      throw ModelFormatError(path + ": module " + q(module) + " has two " + role + " factors (" +
+                             q(m.stored_key[role]) + " and " + q(key) + ")");
     // A copy: the cache must not keep the file mapped (a file replaced on disk would fault).
     Tensor t = f.get_as(key, DType::F32).clone();
     for (int64_t i = 0; i < t.numel(); ++i)
       if (!std::isfinite(t.data<float>()[i]))
-        throw ModelFormatError(path + ": tensor '" + key + "' holds NaN or infinite values");
+        throw ModelFormatError(path + ": tensor " + q(key) + " holds NaN or infinite values");
     net->bytes_ += t.nbytes();
     m.t[role] = std::move(t);
     m.stored_key[role] = key;
   }
   for (const auto& [module, a] : alphas) {
-    if (!index.count(module)) throw ModelFormatError(path + ": '" + module + ".alpha' belongs to no module");
-    if (!std::isfinite(a)) throw ModelFormatError(path + ": '" + module + ".alpha' is not a finite number");
+    if (!index.count(module)) throw ModelFormatError(path + ": " + q(module + ".alpha") + " belongs to no module");
+    if (!std::isfinite(a)) throw ModelFormatError(path + ": " + q(module + ".alpha") + " is not a finite number");
   }
   for (LoraModule& m : net->modules_) {
     auto a = alphas.find(m.key);
     finish_module(path, m, a == alphas.end() ? std::nullopt : std::optional<float>(a->second), peft);
   }
   if (net->modules_.empty()) throw ModelFormatError(path + ": the file holds no network (no tensors)");
+  const auto raw = f.raw_bytes();
+  const size_t data_at = std::min(raw.size(), size_t(8) + f.header_size());
+  const auto h = sha256(raw.data() + data_at, raw.size() - data_at);
+  net->short_hash_ = to_hex(h.data(), h.size()).substr(0, 12);
   return net;
 }
 

@@ -31,6 +31,8 @@
 
 namespace sdserve {
 
+class SafeTensorsFile;
+
 // One module's update in a network file, before it is bound to a model.
 struct LoraModule {
   enum class Kind {
@@ -54,16 +56,22 @@ class LoraNetwork {
   // rank or dtype, a module with missing factors) or UnsupportedError (a layout or feature we do
   // not merge, e.g. DoRA or LoHa's Tucker form), each naming the file and the key.
   static std::shared_ptr<const LoraNetwork> open(const std::string& path);
+  // The same from a file already read (fuzzing, in-memory files); messages name f.path().
+  static std::shared_ptr<const LoraNetwork> from_file(const SafeTensorsFile& f);
 
   const std::string& path() const { return path_; }
   std::string name() const;  // the file's stem
   const std::vector<LoraModule>& modules() const { return modules_; }
   size_t bytes() const { return bytes_; }  // factor memory (f32)
+  // A1111's short hash of a LoRA file (the "addnet" hash: SHA-256 of everything after the
+  // safetensors header, first 12 hex digits), as its infotext records under "Lora hashes".
+  const std::string& short_hash() const { return short_hash_; }
 
  private:
   std::string path_;
   std::vector<LoraModule> modules_;
   size_t bytes_ = 0;
+  std::string short_hash_;
 };
 
 // A patchable weight of a model: a canonical name ("unet.<diffusers module>" or

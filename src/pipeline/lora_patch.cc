@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/utf8.h"
 #include "io/ldm_names.h"
 #include "io/sha256.h"
 #include "models/clip_text.h"
@@ -59,7 +60,7 @@ struct Piece {
 
 [[noreturn]] void mismatch(const LoraNetwork& net, const LoraModule& m, const char* role, const PatchTarget& t) {
   const Tensor& f = m.t.at(role);
-  throw InvalidArgument(net.path() + ": '" + m.stored_key.at(role) + "' has shape " + shape_str(f.shape()) +
+  throw InvalidArgument(net.path() + ": '" + printable(m.stored_key.at(role)) + "' has shape " + shape_str(f.shape()) +
                         ", which does not fit " + t.name + ".weight " + shape_str(t.weight->shape()) +
                         " of this model: the LoRA was made for another model architecture");
 }
@@ -161,6 +162,15 @@ Piece make_piece(const LoraModule& m, const PatchTarget& t, float mult) {
       // (A1 B1) * (A2 B2) = U V with U[o, (i, j)] = A1[o, i] A2[o, j], V[(i, j), k] = B1[i, k] B2[j, k].
       const Tensor &a1 = m.t.at("h1a"), &b1 = m.t.at("h1b"), &a2 = m.t.at("h2a"), &b2 = m.t.at("h2b");
       const int64_t r1 = a1.size(1), r2 = a2.size(1), in = b1.size(1);
+      if (r1 * r2 >= std::min(w.out, in)) {
+        // Ranks so large the product form would be bigger than the weight: multiply out instead.
+        Tensor x = matmul_host(a1, b1), y = matmul_host(a2, b2);
+        float* px = x.data<float>();
+        const float* py = y.data<float>();
+        for (int64_t i = 0; i < x.numel(); ++i) px[i] *= s * py[i];
+        p.full = x;
+        return p;
+      }
       Tensor u = Tensor::empty({w.out, r1 * r2}, DType::F32), v = Tensor::empty({r1 * r2, in}, DType::F32);
       for (int64_t o = 0; o < w.out; ++o)
         for (int64_t i = 0; i < r1; ++i)
@@ -272,7 +282,7 @@ WeightPatcher::Bound WeightPatcher::bind(const AppliedNetwork& an) const {
   }
   if (matched == 0)
     throw InvalidArgument(an.network->path() + ": none of its " + std::to_string(an.network->modules().size()) +
-                          " modules (e.g. '" + an.network->modules().front().key +
+                          " modules (e.g. '" + printable(an.network->modules().front().key) +
                           "') is a layer of this model: the LoRA was made for another model architecture");
   return b;
 }
@@ -408,8 +418,8 @@ bool LoraLibrary::has(const std::string& name) {
 
 std::string LoraLibrary::not_found_message(const std::string& name) const {
   if (!dir_)
-    return "unknown LoRA '" + name + "': no LoRA folder is configured (start with --lora-dir DIR; a tag names a " +
-           "file DIR/NAME.safetensors)";
+    return "unknown LoRA '" + printable(name) +
+           "': no LoRA folder is configured (start with --lora-dir DIR; a tag names a " + "file DIR/NAME.safetensors)";
   std::string avail;
   size_t k = 0;
   for (const auto& [n, p] : files_) {
@@ -417,9 +427,9 @@ std::string LoraLibrary::not_found_message(const std::string& name) const {
       avail += ", and " + std::to_string(files_.size() - 40) + " more";
       break;
     }
-    avail += (k++ ? ", " : "") + n;
+    avail += (k++ ? ", " : "") + printable(n);
   }
-  return "unknown LoRA '" + name + "'; available in " + *dir_ + ": " + (avail.empty() ? "none" : avail);
+  return "unknown LoRA '" + printable(name) + "'; available in " + *dir_ + ": " + (avail.empty() ? "none" : avail);
 }
 
 std::shared_ptr<const LoraNetwork> LoraLibrary::by_name(const std::string& name) {
@@ -437,7 +447,7 @@ std::shared_ptr<const LoraNetwork> LoraLibrary::by_name(const std::string& name)
 std::shared_ptr<const LoraNetwork> LoraLibrary::by_path(const std::string& path) {
   namespace fs = std::filesystem;
   std::error_code ec;
-  if (!fs::is_regular_file(path, ec)) throw NotFoundError("LoRA file not found: " + path);
+  if (!fs::is_regular_file(path, ec)) throw NotFoundError("LoRA file not found: " + printable(path, 4096));
   const auto mtime = fs::last_write_time(path, ec);
   const uintmax_t size = fs::file_size(path, ec);
   std::lock_guard<std::mutex> lk(mu_);

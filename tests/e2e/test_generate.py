@@ -95,9 +95,18 @@ def test_generate_with_loras_matches_reference(run, tmp_path, golden, lora_args,
     p = run(*(generate_args("sd1-tiny", out, meta, **{"--prompt": meta["prompt"] + tags, "--lora-dir": folder})
               + extra))
     assert p.returncode == 0, p.stderr
-    got = decode_png(out)[3]
+    _, _, _, got, text = decode_png(out)
     worst = max(abs(a - b) for a, b in zip(got, want))
     assert worst <= 2, f"{golden}: max |diff| {worst}/255"
+    # A1111 infotext: every network as a tag in the prompt (--lora files too) and its short hash.
+    params = text["parameters"]
+    prompt, rest = params.split("\n", 1)
+    stems = [a.split("/")[-1].split(".safetensors")[0] for a in extra if a != "--lora"] + \
+            [t.split(":")[1] for t in tags.split()]
+    assert "Lora hashes: " in rest, params
+    for stem in stems:
+        assert f"<lora:{stem}:" in prompt, params
+        assert f"{stem}: " in rest.split("Lora hashes: ")[1], params
 
 
 def test_generate_missing_model(run, tmp_path):

@@ -384,6 +384,12 @@ TEST(LoraMath, FullDiffAndOldDiffusersNames) {
   EXPECT_EQ(w.to_vector(), w0.to_vector());
 }
 
+// A1111's "addnet" short hash (infotext "Lora hashes"): SHA-256 of the bytes after the header,
+// 12 hex digits; the value is hashlib's over the committed file.
+TEST(LoraFile, A1111ShortHash) {
+  EXPECT_EQ(LoraNetwork::open((kLora / "sd1-tiny" / "a_kohya.safetensors").string())->short_hash(), "07441f50141f");
+}
+
 // ------------------------------------------------------------------------------------- errors
 
 template <typename E>
