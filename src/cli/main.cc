@@ -188,41 +188,9 @@ int cmd_generate(GenerateArgs& a) {
     return true;
   };
   const auto images = model->txt2img(a.req, progress);
-  // A1111's infotext names the LoRAs in the prompt (tags) and lists their hashes; networks given
-  // with --lora become tags too, so pasting the text into A1111 reproduces the image.
-  std::string info_prompt = a.req.prompt, lora_hashes;
-  {
-    const auto tags = sd::lora_calls(sd::parse_extra_networks(a.req.prompt).calls);
-    const auto nets = model->resolve_loras(a.req);
-    for (size_t i = 0; i < nets.size(); ++i) {
-      std::string name = i < tags.size() ? tags[i].name : nets[i].network->name();
-      if (i >= tags.size()) {
-        char w[32];
-        std::snprintf(w, sizeof w, "%g", double(nets[i].unet_multiplier));
-        info_prompt += " <lora:" + name + ":" + w + ">";
-      }
-      std::erase_if(name, [](char c) { return c == ':' || c == ','; });
-      lora_hashes += (lora_hashes.empty() ? "" : ", ") + name + ": " + nets[i].network->short_hash();
-    }
-  }
-  const sd::SamplerChoice choice = sd::parse_sampler(a.req.sampler, a.req.schedule);
   for (size_t i = 0; i < images.size(); ++i) {
     const auto& im = images[i];
-    sd::GenerationParams gp;
-    gp.prompt = info_prompt;
-    gp.negative_prompt = a.req.negative_prompt;
-    gp.steps = a.req.steps;
-    gp.sampler = sd::sampler_name(choice.sampler);
-    gp.schedule_type = sd::schedule_name(choice.schedule);
-    gp.cfg_scale = a.req.cfg_scale;
-    gp.seed = im.seed;
-    gp.width = im.width;
-    gp.height = im.height;
-    gp.model_name = std::filesystem::path(a.model).stem().string();
-    if (std::filesystem::is_regular_file(a.model)) gp.model_hash = sd::a1111_model_hash(a.model);
-    gp.clip_skip = a.req.clip_skip;
-    if (a.req.rng == sd::RngKind::CPU) gp.set_extra("RNG", "CPU");
-    if (!lora_hashes.empty()) gp.set_extra("Lora hashes", lora_hashes);
+    sd::GenerationParams gp = model->infotext_params(a.req, im);
     gp.version = std::string("sdserve ") + SDSERVE_VERSION;
     const std::string path = output_name(a.output, int(i), int(images.size()));
     sd::write_png_file(path, im.rgb.data(), im.width, im.height, 3, {{"parameters", sd::to_infotext(gp)}});

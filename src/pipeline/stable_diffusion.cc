@@ -274,6 +274,44 @@ std::string StableDiffusion::weights_digest() const {
   return patcher_->digest();
 }
 
+GenerationParams StableDiffusion::infotext_params(const GenerateRequest& req, const GeneratedImage& im) const {
+  GenerationParams gp;
+  gp.prompt = req.prompt;
+  std::string lora_hashes;
+  const auto tags = lora_calls(parse_extra_networks(req.prompt).calls);
+  const auto nets = resolve_loras(req);
+  for (size_t i = 0; i < nets.size(); ++i) {
+    std::string name = i < tags.size() ? tags[i].name : nets[i].network->name();
+    if (i >= tags.size()) {
+      char w[32];
+      std::snprintf(w, sizeof w, "%g", double(nets[i].unet_multiplier));
+      gp.prompt += " <lora:" + name + ":" + w + ">";
+    }
+    std::erase_if(name, [](char c) { return c == ':' || c == ','; });
+    lora_hashes += (lora_hashes.empty() ? "" : ", ") + name + ": " + nets[i].network->short_hash();
+  }
+  const SamplerChoice choice = parse_sampler(req.sampler, req.schedule);
+  gp.negative_prompt = req.negative_prompt;
+  gp.steps = req.steps;
+  gp.sampler = sampler_name(choice.sampler);
+  gp.schedule_type = schedule_name(choice.schedule);
+  gp.cfg_scale = req.cfg_scale;
+  gp.seed = im.seed;
+  gp.width = im.width;
+  gp.height = im.height;
+  const std::string& path = info().path;
+  gp.model_name = std::filesystem::path(path).stem().string();
+  if (gp.model_name.empty()) gp.model_name = std::filesystem::path(path).parent_path().filename().string();
+  std::call_once(hash_once_, [&] {
+    if (std::filesystem::is_regular_file(path)) model_hash_ = a1111_model_hash(path);
+  });
+  gp.model_hash = model_hash_;
+  gp.clip_skip = req.clip_skip;
+  if (req.rng == RngKind::CPU) gp.set_extra("RNG", "CPU");
+  if (!lora_hashes.empty()) gp.set_extra("Lora hashes", lora_hashes);
+  return gp;
+}
+
 std::vector<GeneratedImage> StableDiffusion::txt2img(const GenerateRequest& req, const ProgressFn& progress) const {
   validate(req);
   const std::vector<AppliedNetwork> networks = resolve_loras(req);

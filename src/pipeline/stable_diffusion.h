@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "io/infotext.h"
 #include "io/ldm_names.h"
 #include "io/model_files.h"
 #include "models/clip_text.h"
@@ -148,6 +149,12 @@ class StableDiffusion {
   void apply_loras(const std::vector<AppliedNetwork>& set);
   // SHA-256 of every weight a network can change (equal to a fresh load's when none is merged).
   std::string weights_digest() const;
+  // A1111's infotext fields for image `im` of `req` (Version left to the caller): the networks
+  // merged are tags in the prompt (those from req.loras appended by file stem, so the text pasted
+  // into A1111 reproduces the image) and "Lora hashes"; the model's name and, for a single file,
+  // its A1111 hash (computed once per model).
+  GenerationParams infotext_params(const GenerateRequest& req, const GeneratedImage& im) const;
+
   // Names of the networks in LoadOptions::lora_dir (empty without one).
   std::vector<std::string> lora_names() const { return loras_->names(); }
 
@@ -167,6 +174,8 @@ class StableDiffusion {
   std::unique_ptr<LoraLibrary> loras_;
   std::unique_ptr<WeightPatcher> patcher_;
   mutable std::mutex run_mu_;  // one generation (and LoRA merge) at a time
+  mutable std::once_flag hash_once_;
+  mutable std::string model_hash_;
 };
 
 }  // namespace sdserve
