@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -21,6 +22,7 @@
 #include "models/loader.h"
 #include "pipeline/stable_diffusion.h"
 #include "pipeline/tokenizer.h"
+#include "server/server.h"
 
 namespace sd = sdserve;
 
@@ -272,8 +274,41 @@ int main(int argc, char** argv) {
                        "folder of LoRAs that prompt tags <lora:NAME:WEIGHT> name (NAME.safetensors, searched "
                        "recursively)");
 
-  auto* serve = app.add_subcommand("serve", "Run the HTTP service (not implemented yet)");
-  serve->allow_extras();
+  sd::server::ServeOptions so;
+  std::string serve_device = "cpu", serve_dtype = "auto", api_key_file, cors;
+  auto* serve = app.add_subcommand("serve", "Run the HTTP service (docs/API.md)");
+  serve->add_option("--model", so.model, "model file or folder")->envname("SDSERVE_MODEL")->required();
+  serve->add_option("--host", so.host, "address to listen on (default 0.0.0.0)")->envname("SDSERVE_HOST");
+  serve->add_option("--port", so.port, "port (default 7860; 0 = any free port, printed in the log)")
+      ->envname("SDSERVE_PORT");
+  serve->add_option("--api-key", so.api_keys, "require this key (Bearer, X-Api-Key or Basic password); repeatable")
+      ->envname("SDSERVE_API_KEY");
+  serve->add_option("--api-key-file", api_key_file, "file with one API key per line")->envname("SDSERVE_API_KEY_FILE");
+  serve->add_option("--cors-origin", so.cors_origins, "allow browser calls from this origin (default: none)")
+      ->envname("SDSERVE_CORS_ORIGIN");
+  serve->add_option("--lora-dir", so.load.lora_dir, "folder of LoRAs for <lora:NAME:W> tags and \"loras\"")
+      ->envname("SDSERVE_LORA_DIR");
+  serve->add_option("--embeddings-dir", so.load.embeddings_dir, "textual-inversion embeddings folder")
+      ->envname("SDSERVE_EMBEDDINGS_DIR");
+  serve->add_option("--device", serve_device, "cpu (default) or cuda[:N]")->envname("SDSERVE_DEVICE");
+  serve->add_option("--dtype", serve_dtype, "auto (f16 on cuda, f32 on cpu), f32, f16 or bf16")
+      ->envname("SDSERVE_DTYPE");
+  serve->add_option("--queue-size", so.queue_size, "queued jobs before 429 (default 16)")
+      ->envname("SDSERVE_QUEUE_SIZE");
+  serve->add_option("--max-body-bytes", so.max_body_bytes, "largest request body (default 32 MiB)")
+      ->envname("SDSERVE_MAX_BODY_BYTES");
+  serve->add_option("--max-width", so.limits.max_width, "largest width (default 2048)")->envname("SDSERVE_MAX_WIDTH");
+  serve->add_option("--max-height", so.limits.max_height, "largest height (default 2048)")
+      ->envname("SDSERVE_MAX_HEIGHT");
+  serve->add_option("--max-steps", so.limits.max_steps, "most steps (default 150)")->envname("SDSERVE_MAX_STEPS");
+  serve->add_option("--max-batch", so.limits.max_batch, "largest batch (default 8)")->envname("SDSERVE_MAX_BATCH");
+  serve->add_option("--keep-jobs", so.keep_finished, "finished jobs kept for fetching (default 256)")
+      ->envname("SDSERVE_KEEP_JOBS");
+  int64_t job_ttl = 3600, drain_timeout = 110;
+  serve->add_option("--job-ttl", job_ttl, "seconds a finished job's results are kept (default 3600)")
+      ->envname("SDSERVE_JOB_TTL");
+  serve->add_option("--drain-timeout", drain_timeout, "seconds to finish jobs after SIGTERM (default 110)")
+      ->envname("SDSERVE_DRAIN_TIMEOUT");
 
   try {
     app.parse(argc, argv);
@@ -290,9 +325,25 @@ int main(int argc, char** argv) {
     if (*encode) return cmd_encode(enc_model, enc_text, enc_skip, enc_out);
     if (*generate) return cmd_generate(gen);
     if (*serve) {
-      std::cerr << "sdserve: serve: the HTTP service is not implemented yet (tracked in the service issue); "
-                   "available now: inspect, tokenize, encode\n";
-      return 69;  // EX_UNAVAILABLE
+      so.load.device = sd::parse_device(serve_device);
+      so.load.dtype = serve_dtype == "auto"
+                          ? (so.load.device.type == sd::DeviceType::CUDA ? sd::DType::F16 : sd::DType::F32)
+                          : sd::parse_compute_dtype(serve_dtype);
+      if (!api_key_file.empty()) {
+        std::ifstream in(api_key_file);
+        if (!in) throw sd::NotFoundError("--api-key-file: cannot read " + api_key_file);
+        for (std::string line; std::getline(in, line);) {
+          while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+          if (!line.empty() && line[0] != '#') so.api_keys.push_back(line);
+        }
+      }
+      for (const std::string& k : so.api_keys) SD_CHECK_ARG(k.size() >= 8, "API keys must be at least 8 characters");
+      SD_CHECK_ARG(so.queue_size >= 1, "--queue-size must be at least 1");
+      SD_CHECK_ARG(job_ttl >= 1 && drain_timeout >= 0, "--job-ttl and --drain-timeout must be positive");
+      so.job_ttl = std::chrono::seconds(job_ttl);
+      so.drain_timeout = std::chrono::seconds(drain_timeout);
+      so.version = std::string("sdserve ") + SDSERVE_VERSION;
+      return sd::server::serve(so);
     }
   } catch (const sd::Error& e) {
     std::cerr << "sdserve: error: " << one_line(e.what()) << "\n";

@@ -276,8 +276,9 @@ TEST(Samplers, TrailingSpacingQuirk) {
     o.steps = 61;
     auto s = Sampler::create(o, ScheduleConfig{});
     EXPECT_EQ(s->steps(), 61) << name;
-    if (name == "Euler" || name == "DPM++ 2M" || name == "DDIM" || name == "UniPC")
+    if (name == "Euler" || name == "DPM++ 2M" || name == "DDIM" || name == "UniPC") {
       EXPECT_EQ(s->num_model_calls(), 61u);
+    }
     for (float t : s->timesteps()) EXPECT_TRUE(t >= 0 && t < 1000) << name << " " << t;
   }
 }

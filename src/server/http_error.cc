@@ -1,0 +1,41 @@
+#include "server/http_error.h"
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/utf8.h"
+
+namespace sdserve::server {
+
+HttpError http_error(int status, std::string error, std::string detail) {
+  return {status, std::move(error), printable(detail, 4096)};
+}
+
+HttpError http_error(const std::exception& e) {
+  if (const auto* se = dynamic_cast<const Error*>(&e)) {
+    switch (se->kind()) {
+      case ErrorKind::InvalidArgument:
+        return http_error(400, "invalid_argument", se->what());
+      case ErrorKind::NotFound:
+        return http_error(404, "not_found", se->what());
+      case ErrorKind::ModelFormat:
+        return http_error(422, "model_format", se->what());
+      case ErrorKind::Unsupported:
+        return http_error(422, "unsupported", se->what());
+      case ErrorKind::Io:
+        return http_error(500, "io", se->what());
+      case ErrorKind::Resource:
+        return http_error(503, "resource", se->what());
+      case ErrorKind::Internal:
+        return http_error(500, "internal", se->what());
+    }
+  }
+  return http_error(500, "internal", e.what());
+}
+
+std::string error_json(const HttpError& e) {
+  return nlohmann::json{{"error", e.error}, {"detail", e.detail}}.dump(-1, ' ', false,
+                                                                       nlohmann::json::error_handler_t::replace);
+}
+
+}  // namespace sdserve::server

@@ -1,0 +1,38 @@
+// Generation requests from JSON bodies: the seed's /txt2img body ({prompt, height, width, ...}),
+// the native /v1/jobs schema and A1111's field names (sampler_name, scheduler, n_iter is not a
+// batch), one parser for all. docs/API.md lists the fields.
+#pragma once
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "pipeline/stable_diffusion.h"
+
+namespace sdserve::server {
+
+// Server-side caps on what one request may ask (flags --max-*), checked on top of the engine's
+// own limits (validate_request).
+struct RequestLimits {
+  int max_width = 2048;
+  int max_height = 2048;
+  int max_steps = 150;
+  int max_batch = 8;
+  size_t max_prompt_chars = 20000;
+  size_t max_loras = 16;
+};
+
+struct ParsedRequest {
+  GenerateRequest req;
+  std::string type = "txt2img";
+  std::vector<std::string> ignored;  // unknown fields (A1111 clients send many)
+};
+
+// Throws InvalidArgument naming the field for a value of the wrong type or out of the limits.
+// LoRAs are taken by name only ({"name", "weight"} or {"name", "te_weight", "unet_weight"}):
+// an HTTP body never names a file path.
+ParsedRequest parse_generate_request(const nlohmann::json& body, const RequestLimits& limits);
+// The body text parsed as a JSON object, or InvalidArgument saying where it is malformed.
+nlohmann::json parse_json_body(const std::string& body);
+
+}  // namespace sdserve::server

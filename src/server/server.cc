@@ -1,0 +1,506 @@
+#include "server/server.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include <httplib.h>
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "core/error.h"
+#include "core/utf8.h"
+#include "server/http_error.h"
+#include "server/jobs.h"
+
+namespace sdserve::server {
+
+using json = nlohmann::json;
+
+namespace {
+
+int signal_pipe[2] = {-1, -1};
+
+extern "C" void on_signal(int sig) {
+  const unsigned char b = static_cast<unsigned char>(sig);
+  const int saved = errno;
+  (void)!::write(signal_pipe[1], &b, 1);
+  errno = saved;
+}
+
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+void send_error(httplib::Response& res, const HttpError& e) {
+  res.status = e.status;
+  res.set_content(error_json(e), "application/json");
+}
+
+// One JSON object per line on stderr (the service's log).
+void log_line(json j) {
+  char ts[32];
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  std::strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  j["ts"] = ts;
+  const std::string line = dump(j) + "\n";
+  std::fwrite(line.data(), 1, line.size(), stderr);
+}
+
+bool equal_time(const std::string& a, const std::string& b) {  // constant time in the key's length
+  if (a.size() != b.size()) return false;
+  unsigned char d = 0;
+  for (size_t i = 0; i < a.size(); ++i) d |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return d == 0;
+}
+
+std::string base64_decode(const std::string& in) {
+  auto val = [](char c) -> int {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+' || c == '-') return 62;
+    if (c == '/' || c == '_') return 63;
+    return -1;
+  };
+  std::string out;
+  int bits = 0, acc = 0;
+  for (char c : in) {
+    const int v = val(c);
+    if (v < 0) continue;
+    acc = (acc << 6) | v;
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out += char((acc >> bits) & 0xff);
+    }
+  }
+  return out;
+}
+
+// The key a request carries: "Authorization: Bearer K", "X-Api-Key: K", or HTTP Basic with K as
+// the password (what webuiapi sends).
+std::string presented_key(const httplib::Request& req) {
+  if (req.has_header("X-Api-Key")) return req.get_header_value("X-Api-Key");
+  const std::string auth = req.get_header_value("Authorization");
+  if (auth.rfind("Bearer ", 0) == 0) return auth.substr(7);
+  if (auth.rfind("Basic ", 0) == 0) {
+    const std::string up = base64_decode(auth.substr(6));
+    const size_t colon = up.find(':');
+    return colon == std::string::npos ? up : up.substr(colon + 1);
+  }
+  return "";
+}
+
+json job_json(const Job& j, size_t position) {
+  json out = {{"id", j.id},
+              {"type", j.type},
+              {"status", job_status_name(j.status)},
+              {"step", j.step},
+              {"steps", j.steps},
+              {"queue_position", position},
+              {"created_at", j.created_unix}};
+  json timings = json::object();
+  const auto secs = [](Clock::duration d) { return std::chrono::duration<double>(d).count(); };
+  if (j.status != JobStatus::Queued && j.started.time_since_epoch().count() != 0)
+    timings["queued_s"] = secs(j.started - j.created);
+  else if (j.status == JobStatus::Queued)
+    timings["queued_s"] = secs(Clock::now() - j.created);
+  if (j.status == JobStatus::Running) timings["running_s"] = secs(Clock::now() - j.started);
+  if (finished(j.status) && j.started.time_since_epoch().count() != 0) timings["running_s"] = secs(j.ended - j.started);
+  out["timings"] = timings;
+  json images = json::array();
+  for (size_t i = 0; i < j.pngs.size(); ++i) images.push_back("/v1/jobs/" + j.id + "/images/" + std::to_string(i));
+  out["images"] = images;
+  out["infotexts"] = j.infotexts;
+  out["seeds"] = j.seeds;
+  if (j.error) out["error"] = {{"error", j.error->error}, {"detail", j.error->detail}, {"status", j.error->status}};
+  return out;
+}
+
+}  // namespace
+
+int serve(const ServeOptions& opt) {
+  // SIGTERM/SIGINT: the handler (process-wide, so whichever thread, OpenMP's included, takes the
+  // signal) writes the signal number to a pipe that a watcher thread reads.
+  if (::pipe(signal_pipe) != 0) throw IoError("cannot create a pipe for signal handling");
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  JobManagerOptions jo;
+  jo.queue_size = opt.queue_size;
+  jo.keep_finished = opt.keep_finished;
+  jo.ttl = opt.job_ttl;
+  jo.version = opt.version;
+  const std::string model_path = opt.model;
+  const LoadOptions load = opt.load;
+  JobManager jobs(jo, [model_path, load] {
+    const auto t0 = Clock::now();
+    auto m = StableDiffusion::load(model_path, load);
+    log_line({{"level", "info"},
+              {"msg", "model loaded"},
+              {"model", model_path},
+              {"seconds", std::chrono::duration<double>(Clock::now() - t0).count()}});
+    return m;
+  });
+
+  httplib::Server srv;
+  srv.new_task_queue = [n = opt.http_threads] { return new httplib::ThreadPool(size_t(n)); };
+  srv.set_payload_max_length(opt.max_body_bytes);
+  srv.set_read_timeout(30, 0);
+  srv.set_write_timeout(30, 0);
+
+  static thread_local Clock::time_point request_start;
+  std::atomic<uint64_t> request_counter{0};
+  const std::string instance = [] {
+    std::random_device rd;
+    char b[9];
+    std::snprintf(b, sizeof b, "%08x", rd());
+    return std::string(b);
+  }();
+
+  srv.set_pre_routing_handler([&](const httplib::Request& req, httplib::Response& res) {
+    request_start = Clock::now();
+    res.set_header("X-Request-Id", instance + "-" + std::to_string(++request_counter));
+    const std::string origin = req.get_header_value("Origin");
+    const bool cors = !origin.empty() &&
+                      std::find(opt.cors_origins.begin(), opt.cors_origins.end(), origin) != opt.cors_origins.end();
+    if (cors) {
+      res.set_header("Access-Control-Allow-Origin", origin);
+      res.set_header("Vary", "Origin");
+      res.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type, X-Api-Key");
+      res.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+    }
+    if (req.method == "OPTIONS") {
+      res.status = cors ? 204 : 403;
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    if (!opt.api_keys.empty() && req.path != "/health") {
+      const std::string key = presented_key(req);
+      bool ok = false;
+      for (const std::string& k : opt.api_keys) ok |= equal_time(key, k);
+      if (!ok) {
+        res.set_header("WWW-Authenticate", "Bearer");
+        send_error(res, http_error(401, "unauthorized",
+                                   "missing or wrong API key: send 'Authorization: Bearer KEY' or 'X-Api-Key: KEY'"));
+        return httplib::Server::HandlerResponse::Handled;
+      }
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
+
+  srv.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+    try {
+      std::rethrow_exception(ep);
+    } catch (const std::exception& e) {
+      send_error(res, http_error(e));
+    } catch (...) {
+      send_error(res, http_error(500, "internal", "unknown error"));
+    }
+  });
+
+  // Errors httplib produces itself (no route, body too large, malformed request) get the same
+  // JSON body as ours.
+  srv.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return;
+    switch (res.status) {
+      case 404:
+        send_error(res, http_error(404, "not_found", "no route " + req.method + " " + printable(req.path)));
+        break;
+      case 413:
+        send_error(res, http_error(413, "payload_too_large", "the request body is larger than the server accepts"));
+        break;
+      case 405:
+        send_error(res, http_error(405, "method_not_allowed", req.method + " is not allowed here"));
+        break;
+      default:
+        send_error(res, http_error(res.status, "http_error", "HTTP " + std::to_string(res.status)));
+    }
+  });
+
+  srv.set_logger([](const httplib::Request& req, const httplib::Response& res) {
+    log_line({{"level", res.status >= 500 ? "error" : "info"},
+              {"request_id", res.get_header_value("X-Request-Id")},
+              {"method", req.method},
+              {"path", printable(req.path, 300)},
+              {"status", res.status},
+              {"ms", std::chrono::duration<double, std::milli>(Clock::now() - request_start).count()}});
+  });
+
+  std::mutex ignored_mu;
+  std::set<std::string> ignored_logged;
+  auto parse = [&](const httplib::Request& req) {
+    ParsedRequest p = parse_generate_request(parse_json_body(req.body), opt.limits);
+    std::lock_guard<std::mutex> lk(ignored_mu);
+    for (const std::string& f : p.ignored)
+      if (ignored_logged.size() < 1000 && ignored_logged.insert(f).second)
+        log_line({{"level", "warning"}, {"msg", "ignored an unknown request field (logged once)"}, {"field", f}});
+    return p;
+  };
+
+  auto submit = [&](const ParsedRequest& p, httplib::Response& res) -> std::shared_ptr<Job> {
+    try {
+      return jobs.submit(p.type, p.req);
+    } catch (const QueueFull& e) {
+      res.set_header("Retry-After", std::to_string(int(std::ceil(e.retry_after_s))));
+      send_error(res, http_error(429, "queue_full", "the queue is full; retry after the Retry-After seconds"));
+    } catch (const NotAccepting& e) {
+      res.set_header("Retry-After", "10");
+      send_error(res, http_error(503, "unavailable", e.what()));
+    }
+    return nullptr;
+  };
+
+  // Waits for a job to finish (synchronous routes).
+  auto wait_done = [&](const std::shared_ptr<Job>& job) {
+    for (;;) {
+      uint64_t v = 0;
+      {
+        auto lk = jobs.lock();
+        if (finished(job->status)) return true;
+        v = job->version;
+      }
+      jobs.wait_change(*job, v, std::chrono::milliseconds(500));
+    }
+  };
+
+  auto send_job_error = [&](const Job& j, httplib::Response& res) {
+    if (j.status == JobStatus::Canceled)
+      send_error(res, http_error(409, "canceled", "the job was canceled"));
+    else if (j.error)
+      send_error(res, *j.error);
+    else
+      send_error(res, http_error(500, "internal", "the job ended without a result"));
+  };
+
+  // ---- routes ----
+  srv.Get("/health", [&](const httplib::Request&, httplib::Response& res) {
+    const auto h = jobs.health();
+    if (h.ready) {
+      res.set_content("Healthy", "text/plain");
+    } else {
+      res.status = 503;
+      res.set_content(dump({{"status", h.draining ? "draining" : "unavailable"}, {"detail", h.detail}}),
+                      "application/json");
+    }
+  });
+
+  // The seed's route: JSON in, PNG out, synchronously (through the same queue).
+  srv.Post("/txt2img", [&](const httplib::Request& req, httplib::Response& res) {
+    ParsedRequest p = parse(req);
+    p.type = "txt2img";
+    auto job = submit(p, res);
+    if (!job || !wait_done(job)) return;
+    auto lk = jobs.lock();
+    if (job->status != JobStatus::Succeeded) return send_job_error(*job, res);
+    res.set_content(std::string(job->pngs[0].begin(), job->pngs[0].end()), "image/png");
+  });
+
+  srv.Post("/v1/jobs", [&](const httplib::Request& req, httplib::Response& res) {
+    const ParsedRequest p = parse(req);
+    auto job = submit(p, res);
+    if (!job) return;
+    res.status = 202;
+    res.set_header("Location", "/v1/jobs/" + job->id);
+    res.set_content(dump({{"id", job->id},
+                          {"status", "queued"},
+                          {"status_url", "/v1/jobs/" + job->id},
+                          {"events_url", "/v1/jobs/" + job->id + "/events"}}),
+                    "application/json");
+  });
+
+  auto lookup = [&](const std::string& id, httplib::Response& res) -> std::shared_ptr<Job> {
+    auto job = jobs.find(id);
+    if (!job) {
+      if (jobs.forgotten(id))
+        send_error(res, http_error(410, "gone", "job " + id + " finished and its results have expired"));
+      else
+        send_error(res, http_error(404, "not_found", "no job " + printable(id, 64)));
+    }
+    return job;
+  };
+
+  srv.Get(R"(/v1/jobs/([0-9a-zA-Z]{1,64}))", [&](const httplib::Request& req, httplib::Response& res) {
+    auto job = lookup(req.matches[1], res);
+    if (!job) return;
+    const size_t pos = jobs.queue_position(*job);
+    auto lk = jobs.lock();
+    res.set_content(dump(job_json(*job, pos)), "application/json");
+  });
+
+  srv.Post(R"(/v1/jobs/([0-9a-zA-Z]{1,64})/cancel)", [&](const httplib::Request& req, httplib::Response& res) {
+    auto job = lookup(req.matches[1], res);
+    if (!job) return;
+    const bool was_active = jobs.cancel(job->id);
+    auto lk = jobs.lock();
+    if (!was_active && job->status != JobStatus::Canceled) {
+      send_error(res,
+                 http_error(409, "finished", std::string("the job already ended: ") + job_status_name(job->status)));
+      return;
+    }
+    // A running job stops at its next sampling step; its status says "canceled" then.
+    res.set_content(dump({{"id", job->id}, {"status", job_status_name(job->status)}, {"cancel_requested", true}}),
+                    "application/json");
+  });
+
+  srv.Get(R"(/v1/jobs/([0-9a-zA-Z]{1,64})/images/(\d{1,4}))", [&](const httplib::Request& req, httplib::Response& res) {
+    auto job = lookup(req.matches[1], res);
+    if (!job) return;
+    const size_t n = std::stoul(req.matches[2]);
+    auto lk = jobs.lock();
+    if (job->status != JobStatus::Succeeded) {
+      if (!finished(job->status))
+        send_error(res, http_error(409, "not_ready", std::string("the job is ") + job_status_name(job->status)));
+      else
+        send_job_error(*job, res);
+      return;
+    }
+    if (n >= job->pngs.size()) {
+      send_error(res, http_error(404, "not_found",
+                                 "the job has " + std::to_string(job->pngs.size()) + " images; no image " +
+                                     std::to_string(n)));
+      return;
+    }
+    res.set_content(std::string(job->pngs[n].begin(), job->pngs[n].end()), "image/png");
+  });
+
+  // Server-Sent Events: "queued" (position), "progress" (step, steps, ETA), then one of "done",
+  // "failed", "canceled"; a comment line every 15 s keeps proxies from closing the stream.
+  srv.Get(R"(/v1/jobs/([0-9a-zA-Z]{1,64})/events)", [&](const httplib::Request& req, httplib::Response& res) {
+    auto job = lookup(req.matches[1], res);
+    if (!job) return;
+    res.set_header("Cache-Control", "no-cache");
+    res.set_header("X-Accel-Buffering", "no");
+    auto seen = std::make_shared<uint64_t>(UINT64_MAX);
+    res.set_chunked_content_provider("text/event-stream", [&jobs, job, seen](size_t, httplib::DataSink& sink) {
+      if (*seen != UINT64_MAX) jobs.wait_change(*job, *seen, std::chrono::seconds(15));
+      const size_t pos = jobs.queue_position(*job);
+      std::string ev;
+      bool end = false;
+      {
+        auto lk = jobs.lock();
+        if (job->version == *seen) {
+          ev = ": keep-alive\n\n";
+        } else {
+          *seen = job->version;
+          json d = job_json(*job, pos);
+          const char* name = "progress";
+          switch (job->status) {
+            case JobStatus::Queued:
+              name = "queued";
+              break;
+            case JobStatus::Running: {
+              name = "progress";
+              const double el = std::chrono::duration<double>(Clock::now() - job->started).count();
+              if (job->step > 0) d["eta_s"] = el / job->step * (job->steps - job->step);
+              break;
+            }
+            case JobStatus::Succeeded:
+              name = "done", end = true;
+              break;
+            case JobStatus::Failed:
+              name = "failed", end = true;
+              break;
+            case JobStatus::Canceled:
+              name = "canceled", end = true;
+              break;
+          }
+          ev = std::string("event: ") + name + "\ndata: " + dump(d) + "\n\n";
+        }
+      }
+      if (!sink.write(ev.data(), ev.size())) return false;
+      if (end) sink.done();
+      return true;
+    });
+  });
+
+  srv.Get("/metrics", [&](const httplib::Request&, httplib::Response& res) {
+    const auto s = jobs.stats();
+    const auto h = jobs.health();
+    std::string out;
+    auto line = [&](const std::string& l) { out += l + "\n"; };
+    line("# HELP sdserve_queue_depth Jobs waiting in the queue.");
+    line("# TYPE sdserve_queue_depth gauge");
+    line("sdserve_queue_depth " + std::to_string(s.queued));
+    line("# HELP sdserve_jobs_running Jobs running now.");
+    line("# TYPE sdserve_jobs_running gauge");
+    line("sdserve_jobs_running " + std::to_string(s.running));
+    line("# HELP sdserve_jobs_total Finished jobs by status.");
+    line("# TYPE sdserve_jobs_total counter");
+    for (const char* st : {"succeeded", "failed", "canceled"}) {
+      auto it = s.finished_by_status.find(st);
+      line(std::string("sdserve_jobs_total{status=\"") + st + "\"} " +
+           std::to_string(it == s.finished_by_status.end() ? 0 : it->second));
+    }
+    line("# HELP sdserve_unet_calls_total UNet evaluations (sampling steps) run.");
+    line("# TYPE sdserve_unet_calls_total counter");
+    line("sdserve_unet_calls_total " + std::to_string(s.unet_calls));
+    line("# HELP sdserve_images_total Images generated.");
+    line("# TYPE sdserve_images_total counter");
+    line("sdserve_images_total " + std::to_string(s.images));
+    line("# HELP sdserve_busy_seconds_total Seconds the worker spent running jobs.");
+    line("# TYPE sdserve_busy_seconds_total counter");
+    line("sdserve_busy_seconds_total " + std::to_string(s.busy_seconds));
+    line("# HELP sdserve_model_loaded 1 once the model is loaded and the server takes jobs.");
+    line("# TYPE sdserve_model_loaded gauge");
+    line(std::string("sdserve_model_loaded ") + (h.ready ? "1" : "0"));
+    line("# HELP sdserve_generation_seconds Run time of recent jobs.");
+    line("# TYPE sdserve_generation_seconds histogram");
+    const double bounds[] = {0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300};
+    double sum = 0;
+    for (double d : s.durations) sum += d;
+    for (double b : bounds) {
+      size_t c = 0;
+      for (double d : s.durations) c += d <= b;
+      char le[32];
+      std::snprintf(le, sizeof le, "%g", b);
+      line(std::string("sdserve_generation_seconds_bucket{le=\"") + le + "\"} " + std::to_string(c));
+    }
+    line("sdserve_generation_seconds_bucket{le=\"+Inf\"} " + std::to_string(s.durations.size()));
+    line("sdserve_generation_seconds_sum " + std::to_string(sum));
+    line("sdserve_generation_seconds_count " + std::to_string(s.durations.size()));
+    res.set_content(out, "text/plain; version=0.0.4");
+  });
+
+  // ---- run ----
+  const int port = opt.port;
+  const int bound = port == 0 ? srv.bind_to_any_port(opt.host) : (srv.bind_to_port(opt.host, port) ? port : -1);
+  if (bound < 0)
+    throw IoError("cannot listen on " + opt.host + ":" + std::to_string(port) + " (in use, or not an address here)");
+  log_line({{"level", "info"}, {"msg", "listening"}, {"host", opt.host}, {"port", bound}});
+
+  std::atomic<bool> drained_ok{true}, signalled{false};
+  std::thread signals([&] {
+    unsigned char sig = 0;
+    while (::read(signal_pipe[0], &sig, 1) < 0 && errno == EINTR) {
+    }
+    if (sig == 0) return;  // the server stopped by itself
+    signalled = true;
+    log_line({{"level", "info"}, {"msg", "signal received: draining"}, {"signal", sig}});
+    drained_ok = jobs.drain(std::chrono::duration_cast<std::chrono::milliseconds>(opt.drain_timeout));
+    log_line({{"level", drained_ok ? "info" : "warning"},
+              {"msg", drained_ok ? "drained; exiting" : "drain timeout; exiting with jobs unfinished"}});
+    srv.stop();
+  });
+  const bool listened = srv.listen_after_bind();
+  if (!signalled) {
+    const unsigned char zero = 0;
+    (void)!::write(signal_pipe[1], &zero, 1);
+  }
+  signals.join();
+  return listened || signalled ? 0 : 1;
+}
+
+}  // namespace sdserve::server
