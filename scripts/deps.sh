@@ -24,6 +24,6 @@ if ((${#missing[@]})); then
 fi
 
 # Test-only Python packages (small; PyTorch is never needed here).
-if ! python3 -c "import pytest" 2>/dev/null; then
+if ! python3 -c "import pytest, webuiapi" 2>/dev/null; then
   python3 -m pip install -q -r "$here/requirements-test.txt"
 fi

@@ -173,6 +173,11 @@ JobManager::Stats JobManager::stats() const {
   return s;
 }
 
+std::shared_ptr<Job> JobManager::current() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return running_;
+}
+
 const StableDiffusion* JobManager::model() const {
   std::lock_guard<std::mutex> lk(mu_);
   return loaded_ ? model_.get() : nullptr;

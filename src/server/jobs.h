@@ -106,6 +106,9 @@ class JobManager {
   };
   Stats stats() const;
 
+  // The running job, or null.
+  std::shared_ptr<Job> current() const;
+
   // The model, once loaded (for list routes); null before.
   const StableDiffusion* model() const;
 

@@ -19,6 +19,7 @@
 #include "core/error.h"
 #include "core/utf8.h"
 #include "server/http_error.h"
+#include "server/http_util.h"
 #include "server/jobs.h"
 
 namespace sdserve::server {
@@ -36,54 +37,11 @@ extern "C" void on_signal(int sig) {
   errno = saved;
 }
 
-std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
-
-void send_error(httplib::Response& res, const HttpError& e) {
-  res.status = e.status;
-  res.set_content(error_json(e), "application/json");
-}
-
-// One JSON object per line on stderr (the service's log).
-void log_line(json j) {
-  char ts[32];
-  const std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  std::strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  j["ts"] = ts;
-  const std::string line = dump(j) + "\n";
-  std::fwrite(line.data(), 1, line.size(), stderr);
-}
-
 bool equal_time(const std::string& a, const std::string& b) {  // constant time in the key's length
   if (a.size() != b.size()) return false;
   unsigned char d = 0;
   for (size_t i = 0; i < a.size(); ++i) d |= static_cast<unsigned char>(a[i] ^ b[i]);
   return d == 0;
-}
-
-std::string base64_decode(const std::string& in) {
-  auto val = [](char c) -> int {
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (c == '+' || c == '-') return 62;
-    if (c == '/' || c == '_') return 63;
-    return -1;
-  };
-  std::string out;
-  int bits = 0, acc = 0;
-  for (char c : in) {
-    const int v = val(c);
-    if (v < 0) continue;
-    acc = (acc << 6) | v;
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out += char((acc >> bits) & 0xff);
-    }
-  }
-  return out;
 }
 
 // The key a request carries: "Authorization: Bearer K", "X-Api-Key: K", or HTTP Basic with K as
@@ -241,16 +199,20 @@ int serve(const ServeOptions& opt) {
 
   std::mutex ignored_mu;
   std::set<std::string> ignored_logged;
-  auto parse = [&](const httplib::Request& req) {
-    ParsedRequest p = parse_generate_request(parse_json_body(req.body), opt.limits);
+  auto log_ignored = [&](const ParsedRequest& p) {
     std::lock_guard<std::mutex> lk(ignored_mu);
     for (const std::string& f : p.ignored)
       if (ignored_logged.size() < 1000 && ignored_logged.insert(f).second)
         log_line({{"level", "warning"}, {"msg", "ignored an unknown request field (logged once)"}, {"field", f}});
+  };
+  auto parse = [&](const httplib::Request& req) {
+    ParsedRequest p = parse_generate_request(parse_json_body(req.body), opt.limits);
+    log_ignored(p);
     return p;
   };
 
-  auto submit = [&](const ParsedRequest& p, httplib::Response& res) -> std::shared_ptr<Job> {
+  std::function<std::shared_ptr<Job>(const ParsedRequest&, httplib::Response&)> submit =
+      [&](const ParsedRequest& p, httplib::Response& res) -> std::shared_ptr<Job> {
     try {
       return jobs.submit(p.type, p.req);
     } catch (const QueueFull& e) {
@@ -264,17 +226,26 @@ int serve(const ServeOptions& opt) {
   };
 
   // Waits for a job to finish (synchronous routes).
-  auto wait_done = [&](const std::shared_ptr<Job>& job) {
+  std::function<void(const std::shared_ptr<Job>&)> wait_done = [&](const std::shared_ptr<Job>& job) {
     for (;;) {
       uint64_t v = 0;
       {
         auto lk = jobs.lock();
-        if (finished(job->status)) return true;
+        if (finished(job->status)) return;
         v = job->version;
       }
       jobs.wait_change(*job, v, std::chrono::milliseconds(500));
     }
   };
+
+  RouteContext ctx{opt, jobs,
+                   [&](const json& body) {
+                     ParsedRequest p = parse_generate_request(body, opt.limits);
+                     log_ignored(p);
+                     return p;
+                   },
+                   submit, wait_done};
+  add_a1111_routes(srv, ctx);
 
   auto send_job_error = [&](const Job& j, httplib::Response& res) {
     if (j.status == JobStatus::Canceled)
@@ -302,7 +273,8 @@ int serve(const ServeOptions& opt) {
     ParsedRequest p = parse(req);
     p.type = "txt2img";
     auto job = submit(p, res);
-    if (!job || !wait_done(job)) return;
+    if (!job) return;
+    wait_done(job);
     auto lk = jobs.lock();
     if (job->status != JobStatus::Succeeded) return send_job_error(*job, res);
     res.set_content(std::string(job->pngs[0].begin(), job->pngs[0].end()), "image/png");
