@@ -315,9 +315,9 @@ std::shared_ptr<const LoraNetwork> LoraNetwork::from_file(const SafeTensorsFile&
                              q(m.stored_key[role]) + " and " + q(key) + ")");
     // A copy: the cache must not keep the file mapped (a file replaced on disk would fault).
     Tensor t = f.get_as(key, DType::F32).clone();
-    for (int64_t i = 0; i < t.numel(); ++i)
-      if (!std::isfinite(t.data<float>()[i]))
-        throw ModelFormatError(path + ": tensor " + q(key) + " holds NaN or infinite values");
+    const float* pt = t.data<float>();
+    for (int64_t i = 0, n = t.numel(); i < n; ++i)
+      if (!std::isfinite(pt[i])) throw ModelFormatError(path + ": tensor " + q(key) + " holds NaN or infinite values");
     net->bytes_ += t.nbytes();
     m.t[role] = std::move(t);
     m.stored_key[role] = key;

@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "core/utf8.h"
+#include "cpu/gemm.h"
 #include "io/ldm_names.h"
 #include "io/sha256.h"
 #include "models/clip_text.h"
@@ -153,7 +154,8 @@ Piece make_piece(const LoraModule& m, const PatchTarget& t, float mult) {
         v = vv;
       }
       Tensor u = m.t.at("up").reshape({w.out, r}).clone();
-      for (int64_t i = 0; i < u.numel(); ++i) u.data<float>()[i] *= s;
+      float* pu = u.data<float>();
+      for (int64_t i = 0, n = u.numel(); i < n; ++i) pu[i] *= s;
       p.u = u;
       p.v = v;
       return p;
@@ -172,14 +174,14 @@ Piece make_piece(const LoraModule& m, const PatchTarget& t, float mult) {
         return p;
       }
       Tensor u = Tensor::empty({w.out, r1 * r2}, DType::F32), v = Tensor::empty({r1 * r2, in}, DType::F32);
+      float *pu = u.data<float>(), *pv = v.data<float>();
+      const float *x1 = a1.data<float>(), *x2 = a2.data<float>(), *y1 = b1.data<float>(), *y2 = b2.data<float>();
       for (int64_t o = 0; o < w.out; ++o)
         for (int64_t i = 0; i < r1; ++i)
-          for (int64_t j = 0; j < r2; ++j)
-            u.data<float>()[o * r1 * r2 + i * r2 + j] = s * a1.data<float>()[o * r1 + i] * a2.data<float>()[o * r2 + j];
+          for (int64_t j = 0; j < r2; ++j) pu[o * r1 * r2 + i * r2 + j] = s * x1[o * r1 + i] * x2[o * r2 + j];
       for (int64_t i = 0; i < r1; ++i)
         for (int64_t j = 0; j < r2; ++j)
-          for (int64_t k = 0; k < in; ++k)
-            v.data<float>()[(i * r2 + j) * in + k] = b1.data<float>()[i * in + k] * b2.data<float>()[j * in + k];
+          for (int64_t k = 0; k < in; ++k) pv[(i * r2 + j) * in + k] = y1[i * in + k] * y2[j * in + k];
       p.u = u;
       p.v = v;
       return p;
@@ -208,7 +210,8 @@ Piece make_piece(const LoraModule& m, const PatchTarget& t, float mult) {
     }
     case K::Full: {
       Tensor full = m.t.at("diff").reshape({w.out, w.flat()}).clone();
-      for (int64_t i = 0; i < full.numel(); ++i) full.data<float>()[i] *= s;
+      float* pf = full.data<float>();
+      for (int64_t i = 0, n = full.numel(); i < n; ++i) pf[i] *= s;
       p.full = full;
       return p;
     }
@@ -307,8 +310,11 @@ void WeightPatcher::apply(const std::vector<AppliedNetwork>& set) {
       if (!resolve(m.key)) unmatched.push_back(n.network->name() + ": " + m.key);
   }
 
-  // Back to the base weights: exact copies of what was loaded.
-  for (size_t idx : patched_) targets_[idx].weight->copy_(backups_.at(idx));
+  // Weights the previous set changed and this one leaves alone go back to their backups (exact
+  // copies of what was loaded); the others are rewritten from their backups below.
+  const std::vector<size_t> dirty = patched_;
+  for (size_t idx : patched_)
+    if (!uses.count(idx)) targets_[idx].weight->copy_(backups_.at(idx));
   patched_.clear();
   current_.clear();
   unmatched_ = std::move(unmatched);
@@ -318,6 +324,7 @@ void WeightPatcher::apply(const std::vector<AppliedNetwork>& set) {
       Tensor& w = *targets_[idx].weight;
       auto bk = backups_.find(idx);
       if (bk == backups_.end()) bk = backups_.emplace(idx, w.clone()).first;
+      const Tensor& base = bk->second;
       const WShape ws = wshape(w);
       std::vector<Tensor> us, vs;
       Tensor full;
@@ -329,27 +336,55 @@ void WeightPatcher::apply(const std::vector<AppliedNetwork>& set) {
         }
         if (p.full.defined()) full = full.defined() ? ops::add(full, p.full) : p.full;
       }
+      int64_t rank = 0;
+      for (const Tensor& u : us) rank += u.size(1);
+      // All low-rank pieces in one GEMM: [U1 U2 ...] @ [V1; V2; ...].
+      Tensor u = Tensor::empty({ws.out, std::max<int64_t>(rank, 1)}, DType::F32);
+      int64_t at = 0;
+      for (const Tensor& x : us) {
+        u.narrow(1, at, x.size(1)).copy_(x);
+        at += x.size(1);
+      }
+      patched_.push_back(idx);
+      if (w.device().type == DeviceType::CPU && w.dtype() == DType::F32 && w.is_contiguous() && base.is_contiguous()) {
+        // The CPU's f32 weights: W = W0, then W += U V in place (sgemm with beta = 1) and the full
+        // pieces added; no temporaries the size of the weight.
+        float* pw = w.data<float>();
+        std::memcpy(pw, base.data<float>(), w.nbytes());
+        if (rank > 0) {
+          Tensor v = Tensor::empty({rank, ws.flat()}, DType::F32);
+          at = 0;
+          for (const Tensor& x : vs) {
+            v.narrow(0, at, x.size(0)).copy_(x);
+            at += x.size(0);
+          }
+          cpu::sgemm(false, false, ws.out, ws.flat(), rank, 1.f, u.data<float>(), rank, v.data<float>(), ws.flat(), 1.f,
+                     pw, ws.flat());
+        }
+        if (full.defined()) {
+          const float* pf = full.data<float>();
+          const int64_t n = w.numel();
+#pragma omp parallel for schedule(static)
+          for (int64_t i = 0; i < n; ++i) pw[i] += pf[i];
+        }
+        continue;
+      }
       Tensor delta;  // [out, in_flat] f32 on the weight's device
-      if (!us.empty()) {
-        // One GEMM for all low-rank pieces: [U1 U2 ...] @ [V1; V2; ...].
-        int64_t rank = 0;
-        for (const Tensor& u : us) rank += u.size(1);
-        Tensor u = Tensor::empty({ws.out, rank}, DType::F32), vt = Tensor::empty({ws.flat(), rank}, DType::F32);
-        int64_t at = 0;
-        for (size_t k = 0; k < us.size(); ++k) {
-          const int64_t r = us[k].size(1);
-          u.narrow(1, at, r).copy_(us[k]);
-          vt.narrow(1, at, r).copy_(vs[k].transpose(0, 1));
-          at += r;
+      if (rank > 0) {
+        Tensor vt = Tensor::empty({ws.flat(), rank}, DType::F32);
+        at = 0;
+        for (const Tensor& x : vs) {
+          vt.narrow(1, at, x.size(0)).copy_(x.transpose(0, 1));
+          at += x.size(0);
         }
         delta = ops::linear(u.to(w.device()), vt.to(w.device()));
       }
       if (full.defined()) delta = delta.defined() ? ops::add(delta, full.to(w.device())) : full.to(w.device());
-      patched_.push_back(idx);
-      const Tensor base = bk->second.view({ws.out, ws.flat()}).to(DType::F32);
-      w.copy_(ops::add(base, delta).view(w.shape()));  // rounds to the weight's dtype once
+      const Tensor b32 = base.view({ws.out, ws.flat()}).to(DType::F32);
+      w.copy_(ops::add(b32, delta).view(w.shape()));  // rounds to the weight's dtype once
     }
   } catch (...) {
+    for (size_t idx : dirty) targets_[idx].weight->copy_(backups_.at(idx));
     for (size_t idx : patched_) targets_[idx].weight->copy_(backups_.at(idx));
     patched_.clear();
     throw;
