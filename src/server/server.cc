@@ -403,12 +403,13 @@ int serve(const ServeOptions& opt) {
     const auto h = jobs.health();
     std::string out;
     auto line = [&](const std::string& l) { out += l + "\n"; };
-    line("# HELP sdserve_queue_depth Jobs waiting in the queue.");
-    line("# TYPE sdserve_queue_depth gauge");
-    line("sdserve_queue_depth " + std::to_string(s.queued));
-    line("# HELP sdserve_jobs_running Jobs running now.");
-    line("# TYPE sdserve_jobs_running gauge");
-    line("sdserve_jobs_running " + std::to_string(s.running));
+    auto metric = [&](const char* name, const char* type, const char* help, const std::string& value) {
+      line(std::string("# HELP ") + name + " " + help);
+      line(std::string("# TYPE ") + name + " " + type);
+      line(std::string(name) + " " + value);
+    };
+    metric("sdserve_queue_depth", "gauge", "Jobs waiting in the queue.", std::to_string(s.queued));
+    metric("sdserve_jobs_running", "gauge", "Jobs running now.", std::to_string(s.running));
     line("# HELP sdserve_jobs_total Finished jobs by status.");
     line("# TYPE sdserve_jobs_total counter");
     for (const char* st : {"succeeded", "failed", "canceled"}) {
@@ -416,18 +417,13 @@ int serve(const ServeOptions& opt) {
       line(std::string("sdserve_jobs_total{status=\"") + st + "\"} " +
            std::to_string(it == s.finished_by_status.end() ? 0 : it->second));
     }
-    line("# HELP sdserve_unet_calls_total UNet evaluations (sampling steps) run.");
-    line("# TYPE sdserve_unet_calls_total counter");
-    line("sdserve_unet_calls_total " + std::to_string(s.unet_calls));
-    line("# HELP sdserve_images_total Images generated.");
-    line("# TYPE sdserve_images_total counter");
-    line("sdserve_images_total " + std::to_string(s.images));
-    line("# HELP sdserve_busy_seconds_total Seconds the worker spent running jobs.");
-    line("# TYPE sdserve_busy_seconds_total counter");
-    line("sdserve_busy_seconds_total " + std::to_string(s.busy_seconds));
-    line("# HELP sdserve_model_loaded 1 once the model is loaded and the server takes jobs.");
-    line("# TYPE sdserve_model_loaded gauge");
-    line(std::string("sdserve_model_loaded ") + (h.ready ? "1" : "0"));
+    metric("sdserve_unet_calls_total", "counter", "UNet evaluations (sampling steps) run.",
+           std::to_string(s.unet_calls));
+    metric("sdserve_images_total", "counter", "Images generated.", std::to_string(s.images));
+    metric("sdserve_busy_seconds_total", "counter", "Seconds the worker spent running jobs.",
+           std::to_string(s.busy_seconds));
+    metric("sdserve_model_loaded", "gauge", "1 once the model is loaded and the server takes jobs.",
+           h.ready ? "1" : "0");
     line("# HELP sdserve_generation_seconds Run time of recent jobs.");
     line("# TYPE sdserve_generation_seconds histogram");
     const double bounds[] = {0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300};

@@ -35,24 +35,9 @@ const fs::path kLora = kRoot / "lora";
 const fs::path kGoldens = kRoot / "golden" / "lora";
 constexpr int kTolerance = 2;
 
-LoadOptions single_options(const std::string& model) {
-  LoadOptions o;
-  o.text_head_dim = 8;
-  o.ldm.norm_num_groups = 4;
-  if (model == "sd1-tiny") {
-    o.ldm.heads = {4, 4, 4};
-  } else {
-    o.ldm.head_dim = 4;
-    o.ldm.upcast_attention = false;
-  }
-  o.scheduler_config_path = (kModels / model / "scheduler" / "scheduler_config.json").string();
-  o.tokenizer_dir = (kModels / model / "tokenizer").string();
-  return o;
-}
-
 std::unique_ptr<StableDiffusion> load_model(const std::string& model, const std::string& layout,
                                             Device device = Device::cpu()) {
-  LoadOptions o = layout == "single" ? single_options(model) : LoadOptions{};
+  LoadOptions o = layout == "single" ? tiny_single_file_options(model) : LoadOptions{};
   o.device = device;
   o.lora_dir = (kLora / model).string();
   const fs::path p = layout == "single" ? kModels / (model + ".safetensors") : kModels / model;

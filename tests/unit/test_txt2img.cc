@@ -67,29 +67,6 @@ std::vector<Case> all_cases() {
   return out;
 }
 
-// The tiny models' single files need what the file cannot tell: head and group counts (read
-// off the diffusers configs), the tokenizer (a 1514-token vocabulary) and the scheduler config
-// (sd1-tiny says "leading" spacing, sd2-tiny v-prediction), as diffusers' from_single_file
-// needs its `config` folder. odd-tiny also has a vocabulary of its own (764 tokens).
-LoadOptions single_file_options(const std::string& model) {
-  LoadOptions o;
-  o.text_head_dim = 8;  // hidden 32, 4 heads
-  o.ldm.norm_num_groups = 4;
-  if (model == "sd1-tiny") {
-    o.ldm.heads = {4, 4, 4};
-  } else if (model == "odd-tiny") {
-    o.text_head_dim = 5;  // hidden 15, 3 heads
-    o.ldm.norm_num_groups = 3;
-    o.ldm.heads = {3, 5};  // channels 9, 15: heads of width 3
-  } else {
-    o.ldm.head_dim = 4;
-    o.ldm.upcast_attention = false;
-  }
-  o.scheduler_config_path = (kModels / model / "scheduler" / "scheduler_config.json").string();
-  o.tokenizer_dir = (kModels / model / "tokenizer").string();
-  return o;
-}
-
 // Loading is the slow part: each model and layout once per run.
 const StableDiffusion& model_for(const std::string& model, const std::string& layout) {
   static std::mutex mu;
@@ -99,7 +76,7 @@ const StableDiffusion& model_for(const std::string& model, const std::string& la
   if (!m) {
     m = layout == "diffusers"
             ? StableDiffusion::load((kModels / model).string())
-            : StableDiffusion::load((kModels / (model + ".safetensors")).string(), single_file_options(model));
+            : StableDiffusion::load((kModels / (model + ".safetensors")).string(), tiny_single_file_options(model));
   }
   return *m;
 }

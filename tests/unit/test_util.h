@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <random>
 #include <string>
 #include <vector>
@@ -145,6 +146,30 @@ inline GenerateRequest golden_request(const SafeTensorsFile& g, const std::strin
   r.sampler = sampler;
   r.schedule = schedule;
   return r;
+}
+
+// What the tiny models' single files cannot tell (as diffusers' from_single_file needs its config
+// folder): head and group counts (read off the diffusers configs), the tokenizer (a 1514-token
+// vocabulary; odd-tiny 764) and the scheduler config (sd1-tiny says "leading" spacing, sd2-tiny
+// v-prediction). `model`: sd1-tiny, sd2-tiny or odd-tiny.
+inline LoadOptions tiny_single_file_options(const std::string& model) {
+  const std::filesystem::path dir = std::filesystem::path(SDSERVE_SOURCE_DIR) / "tests" / "fixtures" / "models" / model;
+  LoadOptions o;
+  o.text_head_dim = 8;  // hidden 32, 4 heads
+  o.ldm.norm_num_groups = 4;
+  if (model == "sd1-tiny") {
+    o.ldm.heads = {4, 4, 4};
+  } else if (model == "odd-tiny") {
+    o.text_head_dim = 5;  // hidden 15, 3 heads
+    o.ldm.norm_num_groups = 3;
+    o.ldm.heads = {3, 5};  // channels 9, 15: heads of width 3
+  } else {
+    o.ldm.head_dim = 4;
+    o.ldm.upcast_attention = false;
+  }
+  o.scheduler_config_path = (dir / "scheduler" / "scheduler_config.json").string();
+  o.tokenizer_dir = (dir / "tokenizer").string();
+  return o;
 }
 
 }  // namespace sdserve::test
