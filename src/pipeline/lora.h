@@ -105,7 +105,7 @@ class WeightPatcher {
   explicit WeightPatcher(std::vector<PatchTarget> targets);
 
   // Makes the weights those of the base model plus `set` (an empty set: the base model). A set
-  // equal to the current one (same files, same multipliers, same order) costs nothing. Every
+  // equal to the current one (the same parsed networks, multipliers and order) costs nothing. Every
   // network is bound and checked before any weight changes, so an error (ModelFormatError naming
   // the first key whose shape does not fit, or InvalidArgument for a network that touches nothing
   // in this model) leaves the model as it was.
@@ -132,7 +132,7 @@ class WeightPatcher {
   std::unordered_map<std::string, size_t> by_name_;  // canonical names and aliases -> target
   std::unordered_map<size_t, Tensor> backups_;       // target -> weights as loaded
   std::vector<size_t> patched_;                      // targets the current set changed
-  std::vector<std::tuple<std::string, float, float>> current_;
+  std::vector<AppliedNetwork> current_;
   std::vector<std::string> unmatched_;
 };
 

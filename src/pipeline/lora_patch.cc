@@ -291,10 +291,12 @@ WeightPatcher::Bound WeightPatcher::bind(const AppliedNetwork& an) const {
 }
 
 void WeightPatcher::apply(const std::vector<AppliedNetwork>& set) {
-  std::vector<std::tuple<std::string, float, float>> key;
-  for (const AppliedNetwork& n : set)
-    key.emplace_back(n.network ? n.network->path() : std::string(), n.te_multiplier, n.unet_multiplier);
-  if (key == current_ && !set.empty()) return;
+  // The same parsed networks (a file changed on disk is a new object) with the same multipliers:
+  // nothing to do. current_ holds the networks, so an address cannot be reused meanwhile.
+  auto same = [](const AppliedNetwork& a, const AppliedNetwork& b) {
+    return a.network == b.network && a.te_multiplier == b.te_multiplier && a.unet_multiplier == b.unet_multiplier;
+  };
+  if (!set.empty() && std::equal(set.begin(), set.end(), current_.begin(), current_.end(), same)) return;
   if (set.empty() && patched_.empty()) {
     current_.clear();
     return;
@@ -389,7 +391,7 @@ void WeightPatcher::apply(const std::vector<AppliedNetwork>& set) {
     patched_.clear();
     throw;
   }
-  current_ = std::move(key);
+  current_ = set;
 }
 
 std::string WeightPatcher::digest() const {

@@ -375,6 +375,26 @@ TEST(LoraFile, A1111ShortHash) {
   EXPECT_EQ(LoraNetwork::open((kLora / "sd1-tiny" / "a_kohya.safetensors").string())->short_hash(), "07441f50141f");
 }
 
+// A file rewritten on disk (same path, same multipliers) is a new network and is merged anew; the
+// same network object again is a no-op.
+TEST(LoraMath, RewrittenFileIsMergedAgain) {
+  Tensor w = rand_tensor({4, 3}, 60);
+  const Tensor w0 = w.clone();
+  WeightPatcher p({PatchTarget{"unet.blk.conv", &w, PatchTarget::Component::UNet, {}}});
+  const fs::path f = temp_file("rewritten.safetensors");
+  write_safetensors(f.string(), {{"lora_unet_blk_conv.diff", rand_tensor({4, 3}, 61)}});
+  const auto first = LoraNetwork::open(f.string());
+  p.apply({{first, 1, 1}});
+  const auto after_first = w.to_vector();
+  p.apply({{first, 1, 1}});
+  EXPECT_EQ(w.to_vector(), after_first);
+  write_safetensors(f.string(), {{"lora_unet_blk_conv.diff", rand_tensor({4, 3}, 62)}});
+  p.apply({{LoraNetwork::open(f.string()), 1, 1}});
+  EXPECT_NE(w.to_vector(), after_first);
+  p.restore();
+  EXPECT_EQ(w.to_vector(), w0.to_vector());
+}
+
 // ------------------------------------------------------------------------------------- errors
 
 template <typename E>
