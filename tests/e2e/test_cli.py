@@ -1,5 +1,6 @@
 """The public CLI contract: `inspect`, `tokenize`, errors as one line and a non-zero exit."""
 import json
+import os
 
 from conftest import FIXTURES, write_safetensors
 
@@ -86,7 +87,16 @@ def test_inspect_truncated_checkpoint(run, tmp_path):
     assert "cut.safetensors" in line
 
 
-def test_serve_says_not_yet(run):
-    p = run("serve")
-    assert p.returncode != 0
-    assert "not implemented yet" in p.stderr.decode()
+def test_serve_needs_a_model_and_a_free_port(run, tmp_path):
+    """`serve` itself is tested in test_server.py; here its argument errors are one line."""
+    env_model = os.environ.pop("SDSERVE_MODEL", None)
+    try:
+        p = run("serve")
+    finally:
+        if env_model is not None:
+            os.environ["SDSERVE_MODEL"] = env_model
+    assert p.returncode == 2 and "--model" in p.stderr.decode(), p.stderr
+    p = run("serve", "--model", tmp_path / "m", "--queue-size", "0")
+    assert p.returncode == 2 and "--queue-size" in p.stderr.decode(), p.stderr
+    p = run("serve", "--model", tmp_path / "m", "--api-key", "short")
+    assert p.returncode == 2 and "API keys" in p.stderr.decode(), p.stderr
