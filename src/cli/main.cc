@@ -165,13 +165,18 @@ sd::LoraRequest parse_lora_arg(const std::string& arg) {
   return r;
 }
 
+// --dtype: "auto" is f16 on a GPU (what every SD GPU runtime uses), f32 on the CPU (no fast f16
+// there); otherwise f32, f16 or bf16 as named.
+sd::DType compute_dtype(const std::string& name, const sd::Device& device) {
+  if (name == "auto") return device.type == sd::DeviceType::CUDA ? sd::DType::F16 : sd::DType::F32;
+  return sd::parse_compute_dtype(name);
+}
+
 int cmd_generate(GenerateArgs& a) {
   const auto t0 = std::chrono::steady_clock::now();
   a.req.rng = sd::parse_rng(a.rng);
   a.load.device = sd::parse_device(a.device);
-  // auto: f16 on a GPU (what every SD GPU runtime uses), f32 on the CPU (no fast f16 there).
-  a.load.dtype = a.dtype == "auto" ? (a.load.device.type == sd::DeviceType::CUDA ? sd::DType::F16 : sd::DType::F32)
-                                   : sd::parse_compute_dtype(a.dtype);
+  a.load.dtype = compute_dtype(a.dtype, a.load.device);
   for (const std::string& l : a.loras) a.req.loras.push_back(parse_lora_arg(l));
   sd::validate_request(a.req);  // bad sizes, steps or sampler names fail before loading anything
   const auto model = sd::StableDiffusion::load(a.model, a.load);  // checks a.load before reading the model
@@ -275,7 +280,7 @@ int main(int argc, char** argv) {
                        "recursively)");
 
   sd::server::ServeOptions so;
-  std::string serve_device = "cpu", serve_dtype = "auto", api_key_file, cors;
+  std::string serve_device = "cpu", serve_dtype = "auto", api_key_file;
   auto* serve = app.add_subcommand("serve", "Run the HTTP service (docs/API.md)");
   serve->add_option("--model", so.model, "model file or folder")->envname("SDSERVE_MODEL")->required();
   serve->add_option("--host", so.host, "address to listen on (default 0.0.0.0)")->envname("SDSERVE_HOST");
@@ -326,9 +331,7 @@ int main(int argc, char** argv) {
     if (*generate) return cmd_generate(gen);
     if (*serve) {
       so.load.device = sd::parse_device(serve_device);
-      so.load.dtype = serve_dtype == "auto"
-                          ? (so.load.device.type == sd::DeviceType::CUDA ? sd::DType::F16 : sd::DType::F32)
-                          : sd::parse_compute_dtype(serve_dtype);
+      so.load.dtype = compute_dtype(serve_dtype, so.load.device);
       if (!api_key_file.empty()) {
         std::ifstream in(api_key_file);
         if (!in) throw sd::NotFoundError("--api-key-file: cannot read " + api_key_file);
