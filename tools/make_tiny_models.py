@@ -6,7 +6,8 @@ Writes under tests/fixtures/models/ (default):
   sd1-tiny/                    diffusers directory (float32 safetensors)
   sd1-tiny.safetensors         same weights, LDM/A1111 single file (float16 weights)
   sd1-tiny-inpaint.safetensors only with --inpaint: SD1 inpainting variant (UNet
-                               in_channels 9), single file only; not committed (size budget)
+                               in_channels 9), single file only; committed for the inpaint
+                               goldens (tools/make_img2img_goldens.py)
   sd2-tiny/                    diffusers directory, SD2 style (v_prediction, linear proj, gelu)
   sd2-tiny.safetensors         single file with the OpenCLIP text-encoder layout
   odd-tiny/                    diffusers directory, SD1 style with odd sizes everywhere (channels

@@ -74,6 +74,10 @@ class DPMSolverSampler : public Sampler {
   }
 
  protected:
+  std::pair<float, float> noise_coefficients(size_t index) const override {
+    const AlphaSigma a = alpha_sigma(sigmas_[index]);
+    return {a.alpha, a.sigma};
+  }
   void step_impl(const Vec& m, size_t i, const Vec& x, const Shape& shape, NoiseGenerator& rng, Vec& out) override {
     const size_t n = timesteps_.size();
     const bool lower_order_final = i == n - 1;  // final_sigmas_type "zero" always ends first order
@@ -138,6 +142,10 @@ class UniPCSampler : public Sampler {
   }
 
  protected:
+  std::pair<float, float> noise_coefficients(size_t index) const override {
+    const AlphaSigma a = alpha_sigma(sigmas_[index]);
+    return {a.alpha, a.sigma};
+  }
   void step_impl(const Vec& m, size_t i, const Vec& x, const Shape&, NoiseGenerator&, Vec& out) override {
     const size_t n = timesteps_.size();
     const AlphaSigma cur = alpha_sigma(sigmas_[i]);
@@ -251,6 +259,10 @@ class DDIMSampler : public Sampler {
     return t >= 0 ? tr_.alphas_cumprod[size_t(t)] : final_alpha_;
   }
 
+  std::pair<float, float> noise_coefficients(size_t index) const override {
+    const float a = tr_.alphas_cumprod.at(size_t(ts_[index]));
+    return {std::sqrt(a), std::sqrt(1.0f - a)};
+  }
   void step_impl(const Vec& m, size_t i, const Vec& x, const Shape& shape, NoiseGenerator& rng, Vec& out) override {
     const int64_t t = ts_[i], prev_t = t - step_ratio_;
     const float a_t = ac(t), a_prev = ac(prev_t);
@@ -310,6 +322,10 @@ class PLMSSampler : public Sampler {
     return t >= 0 ? tr_.alphas_cumprod[size_t(t)] : final_alpha_;
   }
 
+  std::pair<float, float> noise_coefficients(size_t index) const override {
+    const float a = tr_.alphas_cumprod.at(size_t(ts_[index]));
+    return {std::sqrt(a), std::sqrt(1.0f - a)};
+  }
   void step_impl(const Vec& m, size_t i, const Vec& x, const Shape&, NoiseGenerator&, Vec& out) override {
     int64_t t = ts_[i];
     int64_t prev_t = t - step_ratio_;
@@ -385,6 +401,10 @@ class LCMSampler : public Sampler {
   }
 
  protected:
+  std::pair<float, float> noise_coefficients(size_t index) const override {
+    const float a = tr_.alphas_cumprod.at(size_t(ts_[index]));
+    return {std::sqrt(a), std::sqrt(1.0f - a)};
+  }
   void step_impl(const Vec& m, size_t i, const Vec& x, const Shape& shape, NoiseGenerator& rng, Vec& out) override {
     const int64_t t = ts_[i];
     const int64_t prev_t = i + 1 < ts_.size() ? ts_[i + 1] : t;

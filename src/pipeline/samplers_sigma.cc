@@ -321,9 +321,12 @@ class LMSSampler : public Sampler {
     for (size_t k = 0; k < x.size(); ++k) d[k] = (x[k] - pred[k]) / sigma;
     derivatives_.push_back(std::move(d));
     if (derivatives_.size() > 4) derivatives_.pop_front();
+    // The order follows the absolute step index, the history what this run has seen: after an
+    // img2img begin index, diffusers zips the order's coefficients with the derivatives it has.
     const int order = int(std::min<size_t>(i + 1, 4));
+    const int terms = std::min(order, int(derivatives_.size()));
     Vec acc(x.size(), 0.0f);
-    for (int c = 0; c < order; ++c) {
+    for (int c = 0; c < terms; ++c) {
       const float coeff = float(coefficient(order, i, c));
       const Vec& der = derivatives_[derivatives_.size() - 1 - size_t(c)];
       for (size_t k = 0; k < x.size(); ++k) acc[k] = c == 0 ? coeff * der[k] : acc[k] + coeff * der[k];

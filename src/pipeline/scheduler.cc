@@ -622,6 +622,40 @@ Tensor Sampler::scale_model_input(const Tensor& sample, size_t i) const {
   return Tensor::from_vector(v, sample.shape());
 }
 
+int Sampler::order() const {
+  switch (kind_) {
+    case SamplerKind::Heun:
+    case SamplerKind::DPM2:
+    case SamplerKind::DPM2A:
+    case SamplerKind::DPMPPSDE:
+      return 2;
+    default:
+      return 1;
+  }
+}
+
+void Sampler::set_begin_index(size_t index) {
+  if (next_call_ != begin_index_) throw InvalidArgument("sampler: the begin index must be set before the first step");
+  if (index >= timesteps_.size())
+    throw InvalidArgument("sampler: begin index " + std::to_string(index) + " past the last of " +
+                          std::to_string(timesteps_.size()) + " model calls");
+  begin_index_ = next_call_ = index;
+}
+
+Tensor Sampler::add_noise(const Tensor& original, const Tensor& noise, size_t index) const {
+  if (index >= timesteps_.size())
+    throw InvalidArgument("add_noise: call index " + std::to_string(index) + " out of range (" +
+                          std::to_string(timesteps_.size()) + " model calls)");
+  if (original.shape() != noise.shape())
+    throw InvalidArgument("add_noise: original " + shape_str(original.shape()) + " vs noise " +
+                          shape_str(noise.shape()));
+  const auto [a, b] = noise_coefficients(index);
+  std::vector<float> x = original.to_vector();
+  const std::vector<float> n = noise.to_vector();
+  for (size_t k = 0; k < x.size(); ++k) x[k] = a * x[k] + b * n[k];
+  return Tensor::from_vector(x, original.shape());
+}
+
 Tensor Sampler::step(const Tensor& model_output, size_t i, const Tensor& sample, NoiseGenerator& rng) {
   if (i != next_call_)
     throw InvalidArgument("sampler step " + std::to_string(i) + " called out of order (expected " +

@@ -115,11 +115,26 @@ class Sampler {
   // The sigma schedule, where the sampler has one (empty for DDIM, PLMS, LCM); for inspection.
   const std::vector<float>& sigmas() const { return sigmas_; }
 
+  // diffusers' scheduler.order: model calls per step (2 for Heun, DPM2, DPM2 a and DPM++ SDE).
+  int order() const;
+  // img2img (diffusers' get_timesteps + set_begin_index): the first model call is `index`
+  // (t_start * order()); step() then expects index, index + 1, ... Call before the first step.
+  void set_begin_index(size_t index);
+  size_t begin_index() const { return begin_index_; }
+  // `original` noised to the level of model call `index` (diffusers' add_noise at that step index):
+  // a * original + b * noise, with (a, b) = (1, sigma) for the sigma-space samplers, (alpha_t,
+  // sigma_t) for DPM++ 2M (SDE) and UniPC, (sqrt(ac), sqrt(1 - ac)) of the call's timestep for DDIM,
+  // PLMS and LCM. f32 tensors of one shape.
+  Tensor add_noise(const Tensor& original, const Tensor& noise, size_t index) const;
+
  protected:
   Sampler() = default;
   // Implementations see contiguous f32 data; `out` has the sample's size.
   virtual void step_impl(const std::vector<float>& model_output, size_t i, const std::vector<float>& sample,
                          const Shape& shape, NoiseGenerator& rng, std::vector<float>& out) = 0;
+  // (a, b) of add_noise at model call `index` (< num_model_calls()). The default is the sigma
+  // samplers' (1, sigmas_[index]).
+  virtual std::pair<float, float> noise_coefficients(size_t index) const { return {1.0f, sigmas_[index]}; }
 
   SamplerKind kind_ = SamplerKind::Euler;
   ScheduleType schedule_ = ScheduleType::Automatic;
@@ -129,6 +144,7 @@ class Sampler {
   std::vector<float> sigmas_;
   float init_noise_sigma_ = 1.0f;
   size_t next_call_ = 0;
+  size_t begin_index_ = 0;
   RngKind noise_kind_ = RngKind::CPU;
   std::vector<uint64_t> noise_seeds_;
 };

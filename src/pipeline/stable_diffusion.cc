@@ -43,6 +43,36 @@ Tensor repeat_batch(const Tensor& t, int64_t n) {
   return ops::concat(std::vector<Tensor>(size_t(n), t), 0);
 }
 
+std::unique_ptr<Sampler> make_sampler(const GenerateRequest& req, const ScheduleConfig& schedule) {
+  SamplerOptions so;
+  so.sampler = req.sampler;
+  so.schedule = req.schedule;
+  so.steps = req.steps;
+  so.eta = req.eta;
+  return Sampler::create(so, schedule);
+}
+
+// img2img's first model call (diffusers' get_timesteps): the last min(int(steps * strength), steps)
+// steps of the schedule are run. 0 without an init image.
+size_t begin_index(const GenerateRequest& req, const Sampler& sampler) {
+  if (!req.init_image) return 0;
+  const int init_steps = std::min(int(double(req.steps) * req.strength), req.steps);
+  if (init_steps < 1)
+    throw InvalidArgument("strength " + std::to_string(req.strength) + " with " + std::to_string(req.steps) +
+                          " steps leaves no step to run: raise the strength or the steps (steps * strength >= 1)");
+  return size_t(req.steps - init_steps) * size_t(sampler.order());
+}
+
+// [1, 3, H, W] in [-1, 1], as diffusers' VaeImageProcessor: 2 * (u8 / 255) - 1 in f32.
+Tensor image_tensor(const RgbImage& im) {
+  const int64_t H = im.height, W = im.width;
+  Tensor t = Tensor::empty({1, 3, H, W}, DType::F32);
+  float* p = t.data<float>();
+  for (int64_t c = 0; c < 3; ++c)
+    for (int64_t k = 0; k < H * W; ++k) p[c * H * W + k] = 2.0f * (float(im.pixels[size_t(k * 3 + c)]) / 255.0f) - 1.0f;
+  return t;
+}
+
 }  // namespace
 
 std::unique_ptr<StableDiffusion> StableDiffusion::load(const std::string& path, const LoadOptions& opt) {
@@ -171,6 +201,27 @@ void validate_request(const GenerateRequest& r) {
     if (c.network == "hypernet")
       throw UnsupportedError("hypernetworks are not supported (prompt asks for <hypernet:" +
                              (c.items.empty() ? std::string() : c.items[0]) + ">)");
+  if (r.init_image) {
+    const RgbImage& im = *r.init_image;
+    SD_CHECK_ARG(im.width == r.width && im.height == r.height,
+                 "init image is " + std::to_string(im.width) + "x" + std::to_string(im.height) +
+                     " but the request is " + std::to_string(r.width) + "x" + std::to_string(r.height) +
+                     ": resize it first (pipeline/img2img.h)");
+    SD_CHECK_ARG(im.pixels.size() == size_t(im.width) * size_t(im.height) * 3, "init image: wrong number of pixels");
+    SD_CHECK_ARG(std::isfinite(r.strength) && r.strength > 0 && r.strength <= 1,
+                 "strength (denoising strength) must be in (0, 1], got " + std::to_string(r.strength));
+    SD_CHECK_ARG(std::min(int(double(r.steps) * r.strength), r.steps) >= 1,
+                 "strength " + std::to_string(r.strength) + " with " + std::to_string(r.steps) +
+                     " steps leaves no step to run: raise the strength or the steps (steps * strength >= 1)");
+  }
+  if (r.mask) {
+    SD_CHECK_ARG(r.init_image != nullptr, "a mask needs an init image (inpaint)");
+    SD_CHECK_ARG(r.mask->width == r.width && r.mask->height == r.height,
+                 "mask is " + std::to_string(r.mask->width) + "x" + std::to_string(r.mask->height) +
+                     " but the request is " + std::to_string(r.width) + "x" + std::to_string(r.height));
+    SD_CHECK_ARG(r.mask->pixels.size() == size_t(r.mask->width) * size_t(r.mask->height),
+                 "mask: wrong number of pixels");
+  }
   for (const LoraRequest& l : r.loras) {
     SD_CHECK_ARG(l.name.empty() != l.path.empty(), "a LoRA is given by a name or by a path, not both nor neither");
     SD_CHECK_ARG(std::isfinite(l.te_multiplier) && std::isfinite(l.unet_multiplier) &&
@@ -190,6 +241,10 @@ void StableDiffusion::validate(const GenerateRequest& r) const {
     if (!loras_->has(n)) loras_->by_name(n);      // throws NotFoundError listing the names
   chunks(parse_extra_networks(r.prompt).prompt);  // too long: InvalidArgument
   chunks(r.negative_prompt);
+  const int64_t in = unet_->config().in_channels, lc = vae_->config().latent_channels;
+  if (in != lc && in != 2 * lc + 1)
+    throw UnsupportedError("UNet with " + std::to_string(in) + " input channels: only " + std::to_string(lc) +
+                           " (normal) and " + std::to_string(2 * lc + 1) + " (inpainting) are supported");
   SD_CHECK_ARG(r.clip_skip <= text_encoder_->config().num_layers,
                "clip skip must be between 1 and " + std::to_string(text_encoder_->config().num_layers));
 }
@@ -312,7 +367,33 @@ GenerationParams StableDiffusion::infotext_params(const GenerateRequest& req, co
   return gp;
 }
 
-std::vector<GeneratedImage> StableDiffusion::txt2img(const GenerateRequest& req, const ProgressFn& progress) const {
+Tensor StableDiffusion::sample_latents(const Tensor& image, bool tiled, NoiseGenerator& noise, int64_t n) const {
+  const Tensor moments = (tiled ? vae_->encode_moments_tiled(image) : vae_->encode_moments(image))
+                             .to(DType::F32)
+                             .to(Device::cpu())
+                             .contiguous();
+  const int64_t lc = moments.size(1) / 2, plane = moments.size(2) * moments.size(3), per = lc * plane;
+  const Tensor eps = noise.randn({n, lc, moments.size(2), moments.size(3)});
+  const VAEConfig& vc = vae_->config();
+  Tensor out = Tensor::empty(eps.shape(), DType::F32);
+  const float* mean = moments.data<float>();
+  const float* logvar = mean + per;
+  const float* e = eps.data<float>();
+  float* o = out.data<float>();
+  for (int64_t b = 0; b < n; ++b)
+    for (int64_t k = 0; k < per; ++k) {
+      const float sd = std::exp(0.5f * std::clamp(logvar[k], -30.0f, 20.0f));
+      o[b * per + k] = vc.scaling_factor * ((mean[k] + sd * e[b * per + k]) - vc.shift_factor);
+    }
+  return out;
+}
+
+size_t StableDiffusion::model_calls(const GenerateRequest& req) const {
+  const auto sampler = make_sampler(req, schedule_);
+  return sampler->num_model_calls() - begin_index(req, *sampler);
+}
+
+std::vector<GeneratedImage> StableDiffusion::generate(const GenerateRequest& req, const ProgressFn& progress) const {
   validate(req);
   const std::vector<AppliedNetwork> networks = resolve_loras(req);
   std::lock_guard<std::mutex> lk(run_mu_);
@@ -343,25 +424,69 @@ std::vector<GeneratedImage> StableDiffusion::txt2img(const GenerateRequest& req,
     context = ops::concat({repeat_batch(uncond, n), repeat_batch(cond, n)}, 0);
   }
 
-  SamplerOptions so;
-  so.sampler = req.sampler;
-  so.schedule = req.schedule;
-  so.steps = req.steps;
-  so.eta = req.eta;
-  auto sampler = Sampler::create(so, schedule_);
+  auto sampler = make_sampler(req, schedule_);
   sampler->set_noise_seeds(req.rng, std::vector<uint64_t>(seeds.begin(), seeds.end()));
+  const size_t begin = begin_index(req, *sampler);
+  sampler->set_begin_index(begin);
   PerImageNoise noise(req.rng, seeds);
-  const int64_t lc = unet_->config().in_channels;
-  Tensor latents = noise.randn({n, lc, req.height / vae_scale_, req.width / vae_scale_});
-  {
+  const int64_t lc = vae_->config().latent_channels;
+  const int64_t lh = req.height / vae_scale_, lw = req.width / vae_scale_;
+  const Shape latent_shape{n, lc, lh, lw};
+  const bool inpaint_model = unet_->config().in_channels == lc * 2 + 1;
+
+  // Initial latents, drawing from each image's generator in diffusers' order: the image's latent
+  // sample (img2img; inpaint when the UNet is 4-channel or strength < 1), the noise, then (inpaint)
+  // the masked image's latent sample.
+  const bool image_mode = req.init_image != nullptr || inpaint_model;
+  Tensor latents, image_latents, first_noise, mask_latent, masked_image_latents;
+  if (!image_mode) {
+    latents = noise.randn(latent_shape);
     const float s = sampler->init_noise_sigma();
     float* p = latents.data<float>();
     for (int64_t i = 0; i < latents.numel(); ++i) p[i] *= s;
+  } else {
+    // txt2img on an inpainting model: everything masked, so the image itself is never seen.
+    const Tensor init =
+        req.init_image ? image_tensor(*req.init_image) : Tensor::zeros({1, 3, req.height, req.width}, DType::F32);
+    const bool masked = req.mask != nullptr || inpaint_model;
+    const bool full_strength = !req.init_image || req.strength >= 1.0;
+    if (!masked || !inpaint_model || !full_strength) image_latents = sample_latents(init, req.vae_tiling, noise, n);
+    first_noise = noise.randn(latent_shape);
+    if (masked && full_strength) {
+      latents = first_noise.clone();
+      const float s = sampler->init_noise_sigma();
+      float* p = latents.data<float>();
+      for (int64_t i = 0; i < latents.numel(); ++i) p[i] *= s;
+    } else {
+      latents = sampler->add_noise(image_latents, first_noise, begin);
+    }
+    if (masked) {
+      // Binarized at 0.5 (diffusers' mask processor: white >= 128 is repainted); the masked image is
+      // the init image times (mask < 0.5) in [-1, 1]; the latent mask is the binary mask at every
+      // 8th pixel (nearest interpolation to the latent size).
+      const int64_t H = req.height, W = req.width;
+      std::vector<uint8_t> bin(size_t(H * W), 1);
+      if (req.mask)
+        for (size_t k = 0; k < bin.size(); ++k) bin[k] = req.mask->pixels[k] >= 128;
+      Tensor masked_image = init.clone();
+      float* mi = masked_image.data<float>();
+      for (int64_t c = 0; c < 3; ++c)
+        for (int64_t k = 0; k < H * W; ++k) mi[c * H * W + k] = mi[c * H * W + k] * float(bin[size_t(k)] == 0);
+      std::vector<float> m(size_t(n * lh * lw));
+      for (int64_t b = 0; b < n; ++b)
+        for (int64_t y = 0; y < lh; ++y)
+          for (int64_t x = 0; x < lw; ++x)
+            m[size_t((b * lh + y) * lw + x)] = bin[size_t(y * vae_scale_ * W + x * vae_scale_)];
+      mask_latent = Tensor::from_vector(m, {n, 1, lh, lw});
+      masked_image_latents = sample_latents(masked_image, req.vae_tiling, noise, n);
+    }
   }
 
   const size_t calls = sampler->num_model_calls();
-  for (size_t i = 0; i < calls; ++i) {
-    const Tensor scaled = sampler->scale_model_input(latents, i);
+  for (size_t i = begin; i < calls; ++i) {
+    Tensor scaled = sampler->scale_model_input(latents, i);
+    // An inpainting UNet's extra input: [latents | mask | masked image latents].
+    if (inpaint_model) scaled = ops::concat({scaled, mask_latent, masked_image_latents}, 1);
     const Tensor input = cfg ? ops::concat({scaled, scaled}, 0) : scaled;
     const Tensor pred =
         unet_->forward(input, {sampler->timesteps()[i]}, context).to(DType::F32).to(Device::cpu()).contiguous();
@@ -393,7 +518,19 @@ std::vector<GeneratedImage> StableDiffusion::txt2img(const GenerateRequest& req,
       }
     }
     latents = sampler->step(guided, i, latents, noise);
-    if (progress && !progress(int(i + 1), int(calls))) throw Cancelled();
+    if (image_latents.defined() && mask_latent.defined() && !inpaint_model) {
+      // 4-channel inpaint: outside the mask, the original noised to the next call's level.
+      const Tensor proper = i + 1 < calls ? sampler->add_noise(image_latents, first_noise, i + 1) : image_latents;
+      const float* o = proper.data<float>();
+      const float* mk = mask_latent.data<float>();
+      float* l = latents.data<float>();
+      const int64_t per_image = lc * lh * lw, plane = lh * lw;
+      for (int64_t k = 0; k < latents.numel(); ++k) {
+        const float w = mk[(k / per_image) * plane + k % plane];
+        l[k] = (1.0f - w) * o[k] + w * l[k];
+      }
+    }
+    if (progress && !progress(int(i + 1 - begin), int(calls - begin))) throw Cancelled();
   }
 
   Tensor z = latents.clone();

@@ -67,6 +67,16 @@ struct LoraRequest {
   float unet_multiplier = 1.f;
 };
 
+// 8-bit images given to img2img and inpaint, rows top to bottom, interleaved, no padding.
+struct RgbImage {
+  int width = 0, height = 0;
+  std::vector<uint8_t> pixels;  // width * height * 3
+};
+struct GrayImage {
+  int width = 0, height = 0;
+  std::vector<uint8_t> pixels;  // width * height
+};
+
 struct GenerateRequest {
   std::string prompt;
   std::string negative_prompt;
@@ -88,6 +98,18 @@ struct GenerateRequest {
   // Networks to merge for this request, after those the prompt's <lora:...> tags name. Each request
   // gets exactly its own set: the base weights are restored exactly between requests.
   std::vector<LoraRequest> loras;
+
+  // img2img (diffusers' StableDiffusionImg2ImgPipeline): start from this image, width x height of
+  // the request (front ends resize it first: pipeline/img2img.h), encoded by the VAE and noised to
+  // `strength` of the schedule; min(int(steps * strength), steps) of the `steps` are run.
+  std::shared_ptr<const RgbImage> init_image;
+  // Inpaint (diffusers' StableDiffusionInpaintPipeline): with init_image, repaint where the mask is
+  // white (>= 128; it is binarized), keep the rest. A 4-channel model blends the noised original
+  // into the latents outside the mask after every step; a 9-channel inpainting model gets the mask
+  // and the masked image's latents as extra UNet input. A 9-channel model without a mask repaints
+  // everything (txt2img on it: a gray image and a white mask, as A1111 does).
+  std::shared_ptr<const GrayImage> mask;
+  double strength = 0.75;  // denoising strength, (0, 1]; with init_image only
 };
 
 struct GeneratedImage {
@@ -127,7 +149,15 @@ class StableDiffusion {
   void validate(const GenerateRequest& req) const;
   // Generations on one model run one at a time (a request's LoRA set is merged into the shared
   // weights for its duration); concurrent calls wait.
-  std::vector<GeneratedImage> txt2img(const GenerateRequest& req, const ProgressFn& progress = {}) const;
+  // txt2img, img2img or inpaint, as the request says (init_image, mask).
+  std::vector<GeneratedImage> generate(const GenerateRequest& req, const ProgressFn& progress = {}) const;
+  std::vector<GeneratedImage> txt2img(const GenerateRequest& req, const ProgressFn& progress = {}) const {
+    return generate(req, progress);
+  }
+  // Model calls a request makes (what ProgressFn counts to): after img2img's strength cut.
+  size_t model_calls(const GenerateRequest& req) const;
+  // UNet input channels: 4, or 9 for an inpainting model.
+  int64_t unet_in_channels() const { return unet_->config().in_channels; }
 
   // [1, 77 * chunks, D] conditioning of a prompt by A1111's method (docs/PROMPTS.md): attention
   // weights and BREAK parsed, 75-token chunks each encoded as [BOS] + 75 + [EOS], token weights
@@ -176,6 +206,11 @@ class StableDiffusion {
   mutable std::mutex run_mu_;  // one generation (and LoRA merge) at a time
   mutable std::once_flag hash_once_;
   mutable std::string model_hash_;
+
+  // Latents of a [1, 3, H, W] image in [-1, 1] for each of n images: the VAE posterior's mean +
+  // std * one normal draw from each image's generator, times the scaling factor (diffusers'
+  // retrieve_latents(sample_mode="sample")). [n, latent, H/8, W/8] f32 on the host.
+  Tensor sample_latents(const Tensor& image, bool tiled, NoiseGenerator& noise, int64_t n) const;
 };
 
 }  // namespace sdserve
