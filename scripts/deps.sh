@@ -6,6 +6,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 
 pkgs=(cmake ninja-build g++ clang lld libclang-rt-14-dev pkg-config
       libdnnl-dev libopenblas-dev nlohmann-json3-dev libcli11-dev zlib1g-dev libpng-dev
+      libjpeg62-turbo-dev libwebp-dev
       libcpp-httplib-dev libssl-dev libbrotli-dev
       libgtest-dev libgmock-dev libbenchmark-dev python3 python3-pip python3-venv)
 missing=()
