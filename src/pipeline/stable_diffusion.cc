@@ -8,6 +8,7 @@
 #include <random>
 
 #include "io/png.h"
+#include "io/resize.h"
 #include "models/loader.h"
 #include "ops/concat.h"
 #ifdef SDSERVE_WITH_CUDA
@@ -54,13 +55,69 @@ std::unique_ptr<Sampler> make_sampler(const GenerateRequest& req, const Schedule
 
 // img2img's first model call (diffusers' get_timesteps): the last min(int(steps * strength), steps)
 // steps of the schedule are run. 0 without an init image.
-size_t begin_index(const GenerateRequest& req, const Sampler& sampler) {
-  if (!req.init_image) return 0;
+size_t begin_index(const GenerateRequest& req, const Sampler& sampler, bool img2img) {
+  if (!img2img) return 0;
   const int init_steps = std::min(int(double(req.steps) * req.strength), req.steps);
   if (init_steps < 1)
     throw InvalidArgument("strength " + std::to_string(req.strength) + " with " + std::to_string(req.steps) +
                           " steps leaves no step to run: raise the strength or the steps (steps * strength >= 1)");
   return size_t(req.steps - init_steps) * size_t(sampler.order());
+}
+
+struct HiresUpscaler {
+  bool latent = false;
+  int mode = 0;  // latent: 0 bilinear, 1 nearest, 2 nearest-exact; pixel: 0 Lanczos, 1 nearest
+};
+
+HiresUpscaler parse_hires_upscaler(const std::string& name) {
+  const auto names = hires_upscaler_names();
+  for (size_t i = 0; i < names.size(); ++i)
+    if (name == names[i]) return i < 3 ? HiresUpscaler{true, int(i)} : HiresUpscaler{false, int(i - 3)};
+  std::string list;
+  for (const std::string& n : names) list += (list.empty() ? "" : ", ") + n;
+  throw NotFoundError("hires upscaler \"" + name + "\" is not available: use one of " + list);
+}
+
+// torch.nn.functional.interpolate of [N, C, h, w] f32 latents to (oh, ow), align_corners=False, no
+// antialias: mode 0 bilinear, 1 nearest (floor(dst * in / out)), 2 nearest-exact (floor((dst + 0.5)
+// * in / out)).
+Tensor interpolate_latents(const Tensor& x, int64_t oh, int64_t ow, int mode) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  Tensor out = Tensor::empty({N, C, oh, ow}, DType::F32);
+  const float* s = x.data<float>();
+  float* d = out.data<float>();
+  const float sh = float(H) / float(oh), sw = float(W) / float(ow);
+  for (int64_t p = 0; p < N * C; ++p) {
+    const float* src = s + p * H * W;
+    float* dst = d + p * oh * ow;
+    for (int64_t y = 0; y < oh; ++y)
+      for (int64_t xx = 0; xx < ow; ++xx) {
+        if (mode != 0) {
+          const float off = mode == 2 ? 0.5f : 0.f;
+          const int64_t iy = std::min(int64_t(std::floor((float(y) + off) * sh)), H - 1);
+          const int64_t ix = std::min(int64_t(std::floor((float(xx) + off) * sw)), W - 1);
+          dst[y * ow + xx] = src[iy * W + ix];
+          continue;
+        }
+        const float fy = std::max(sh * (float(y) + 0.5f) - 0.5f, 0.f),
+                    fx = std::max(sw * (float(xx) + 0.5f) - 0.5f, 0.f);
+        const int64_t y0 = int64_t(fy), x0 = int64_t(fx);
+        const int64_t y1 = y0 + (y0 < H - 1 ? 1 : 0), x1 = x0 + (x0 < W - 1 ? 1 : 0);
+        const float ly1 = fy - float(y0), ly0 = 1.f - ly1, lx1 = fx - float(x0), lx0 = 1.f - lx1;
+        dst[y * ow + xx] = ly0 * (lx0 * src[y0 * W + x0] + lx1 * src[y0 * W + x1]) +
+                           ly1 * (lx0 * src[y1 * W + x0] + lx1 * src[y1 * W + x1]);
+      }
+  }
+  return out;
+}
+
+RgbImage upscale_image(const RgbImage& im, int w, int h, const HiresUpscaler& up) {
+  RgbImage out;
+  out.width = w;
+  out.height = h;
+  out.pixels = resize_image(im.pixels.data(), im.width, im.height, 3, w, h,
+                            up.mode == 0 ? ResizeFilter::Lanczos : ResizeFilter::Nearest);
+  return out;
 }
 
 // [1, 3, H, W] in [-1, 1], as diffusers' VaeImageProcessor: 2 * (u8 / 255) - 1 in f32.
@@ -153,6 +210,32 @@ std::unique_ptr<StableDiffusion> StableDiffusion::load(const std::string& path, 
   return sd;
 }
 
+std::vector<std::string> hires_upscaler_names() {
+  return {"Latent", "Latent (nearest)", "Latent (nearest-exact)", "Lanczos", "Nearest"};
+}
+
+GenerateRequest hires_second_pass(const GenerateRequest& req) {
+  GenerateRequest r = req;
+  const HiresFix& h = req.hires;
+  r.hires = HiresFix{};
+  double w = h.width, hh = h.height;
+  if (w <= 0 && hh <= 0) {
+    w = req.width * h.scale;
+    hh = req.height * h.scale;
+  } else if (w <= 0) {
+    w = hh * req.width / req.height;
+  } else if (hh <= 0) {
+    hh = w * req.height / req.width;
+  }
+  r.width = std::max(8, int(w) / 8 * 8);
+  r.height = std::max(8, int(hh) / 8 * 8);
+  if (h.steps > 0) r.steps = h.steps;
+  r.strength = h.denoise;
+  r.init_image = nullptr;
+  r.mask = nullptr;
+  return r;
+}
+
 std::optional<std::string> sidecar_prediction_type(const std::string& checkpoint_path) {
   std::filesystem::path yaml(checkpoint_path);
   yaml.replace_extension(".yaml");
@@ -221,6 +304,22 @@ void validate_request(const GenerateRequest& r) {
                      " but the request is " + std::to_string(r.width) + "x" + std::to_string(r.height));
     SD_CHECK_ARG(r.mask->pixels.size() == size_t(r.mask->width) * size_t(r.mask->height),
                  "mask: wrong number of pixels");
+  }
+  if (r.hires.enabled) {
+    const HiresFix& h = r.hires;
+    SD_CHECK_ARG(!r.init_image, "the hires fix is for txt2img; for img2img, generate at the size you want");
+    SD_CHECK_ARG(std::isfinite(h.scale) && h.scale >= 1 && h.scale <= 8, "hires scale must be between 1 and 8");
+    SD_CHECK_ARG(h.width >= 0 && h.height >= 0 && h.width <= 8192 && h.height <= 8192,
+                 "hires resize width/height must be between 0 (use the scale) and 8192");
+    SD_CHECK_ARG(h.steps >= 0 && h.steps <= 1000, "hires steps must be between 0 (same as steps) and 1000");
+    SD_CHECK_ARG(std::isfinite(h.denoise) && h.denoise > 0 && h.denoise <= 1,
+                 "hires denoising strength must be in (0, 1]");
+    parse_hires_upscaler(h.upscaler);
+    const GenerateRequest second = hires_second_pass(r);
+    validate_request(second);  // the target size
+    SD_CHECK_ARG(std::min(int(double(second.steps) * second.strength), second.steps) >= 1,
+                 "hires denoising strength " + std::to_string(h.denoise) + " with " + std::to_string(second.steps) +
+                     " hires steps leaves no step to run: raise one of them");
   }
   for (const LoraRequest& l : r.loras) {
     SD_CHECK_ARG(l.name.empty() != l.path.empty(), "a LoRA is given by a name or by a path, not both nor neither");
@@ -354,6 +453,24 @@ GenerationParams StableDiffusion::infotext_params(const GenerateRequest& req, co
   gp.seed = im.seed;
   gp.width = im.width;
   gp.height = im.height;
+  if (req.init_image) gp.denoising_strength = float(req.strength);
+  if (req.hires.enabled) {
+    // A1111 writes the first pass's size and the hires settings.
+    const GenerateRequest second = hires_second_pass(req);
+    gp.width = req.width;
+    gp.height = req.height;
+    gp.denoising_strength = float(req.hires.denoise);
+    char buf[64];
+    if (req.hires.width > 0 || req.hires.height > 0) {
+      std::snprintf(buf, sizeof buf, "%dx%d", second.width, second.height);
+      gp.set_extra("Hires resize", buf);
+    } else {
+      std::snprintf(buf, sizeof buf, "%g", req.hires.scale);
+      gp.set_extra("Hires upscale", buf);
+    }
+    if (req.hires.steps > 0) gp.set_extra("Hires steps", std::to_string(req.hires.steps));
+    gp.set_extra("Hires upscaler", req.hires.upscaler);
+  }
   const std::string& path = info().path;
   gp.model_name = std::filesystem::path(path).stem().string();
   if (gp.model_name.empty()) gp.model_name = std::filesystem::path(path).parent_path().filename().string();
@@ -373,6 +490,8 @@ Tensor StableDiffusion::sample_latents(const Tensor& image, bool tiled, NoiseGen
                              .to(Device::cpu())
                              .contiguous();
   const int64_t lc = moments.size(1) / 2, plane = moments.size(2) * moments.size(3), per = lc * plane;
+  SD_CHECK_ARG(moments.size(0) == 1 || moments.size(0) == n, "sample_latents: image batch mismatch");
+  const int64_t image_stride = moments.size(0) == 1 ? 0 : 2 * per;
   const Tensor eps = noise.randn({n, lc, moments.size(2), moments.size(3)});
   const VAEConfig& vc = vae_->config();
   Tensor out = Tensor::empty(eps.shape(), DType::F32);
@@ -382,15 +501,20 @@ Tensor StableDiffusion::sample_latents(const Tensor& image, bool tiled, NoiseGen
   float* o = out.data<float>();
   for (int64_t b = 0; b < n; ++b)
     for (int64_t k = 0; k < per; ++k) {
-      const float sd = std::exp(0.5f * std::clamp(logvar[k], -30.0f, 20.0f));
-      o[b * per + k] = vc.scaling_factor * ((mean[k] + sd * e[b * per + k]) - vc.shift_factor);
+      const int64_t at = b * image_stride + k;
+      const float sd = std::exp(0.5f * std::clamp(logvar[at], -30.0f, 20.0f));
+      o[b * per + k] = vc.scaling_factor * ((mean[at] + sd * e[b * per + k]) - vc.shift_factor);
     }
   return out;
 }
 
 size_t StableDiffusion::model_calls(const GenerateRequest& req) const {
-  const auto sampler = make_sampler(req, schedule_);
-  return sampler->num_model_calls() - begin_index(req, *sampler);
+  const auto calls = [&](const GenerateRequest& r, bool img2img) {
+    const auto sampler = make_sampler(r, schedule_);
+    return sampler->num_model_calls() - begin_index(r, *sampler, img2img);
+  };
+  if (!req.hires.enabled) return calls(req, req.init_image != nullptr);
+  return calls(req, false) + calls(hires_second_pass(req), true);
 }
 
 std::vector<GeneratedImage> StableDiffusion::generate(const GenerateRequest& req, const ProgressFn& progress) const {
@@ -398,12 +522,44 @@ std::vector<GeneratedImage> StableDiffusion::generate(const GenerateRequest& req
   const std::vector<AppliedNetwork> networks = resolve_loras(req);
   std::lock_guard<std::mutex> lk(run_mu_);
   patcher_->apply(networks);
-  const int64_t n = req.batch_size;
   int64_t seed = req.seed;
   if (seed < 0) seed = int64_t(std::random_device{}() & 0xFFFFFFFFu);
   std::vector<int64_t> seeds;
-  for (int64_t i = 0; i < n; ++i) seeds.push_back(seed + i);
+  for (int64_t i = 0; i < req.batch_size; ++i) seeds.push_back(seed + i);
+  const int total = int(model_calls(req));
+  int done = 0;
+  const auto tick = [&] { return !progress || progress(++done, total); };
+  if (!req.hires.enabled) return decode(sample(req, seeds, {}, tick), req.vae_tiling, seeds);
 
+  // Hires fix (A1111's enable_hr): the txt2img image of the same seed, upscaled, then img2img at the
+  // target size with the hires steps and denoising strength and fresh noise from the same seeds.
+  const GenerateRequest second = hires_second_pass(req);
+  const Tensor first = sample(req, seeds, {}, tick);
+  const HiresUpscaler up = parse_hires_upscaler(req.hires.upscaler);
+  PassInput in;
+  Tensor latents, pixels;
+  if (up.latent) {
+    latents = interpolate_latents(first, second.height / vae_scale_, second.width / vae_scale_, up.mode);
+    in.latents = &latents;
+  } else {
+    const std::vector<GeneratedImage> images = decode(first, req.vae_tiling, seeds);
+    std::vector<Tensor> parts;
+    for (const GeneratedImage& im : images) {
+      RgbImage rgb;
+      rgb.width = im.width;
+      rgb.height = im.height;
+      rgb.pixels = im.rgb;
+      parts.push_back(image_tensor(upscale_image(rgb, second.width, second.height, up)));
+    }
+    pixels = parts.size() == 1 ? parts[0] : ops::concat(parts, 0);
+    in.pixels = &pixels;
+  }
+  return decode(sample(second, seeds, in, tick), req.vae_tiling, seeds);
+}
+
+Tensor StableDiffusion::sample(const GenerateRequest& req, const std::vector<int64_t>& seeds, const PassInput& in,
+                               const std::function<bool()>& tick) const {
+  const int64_t n = req.batch_size;
   const bool cfg = req.cfg_scale > 1.f;  // diffusers: guidance only when scale > 1
   // Extra-network tags come out of the positive prompt (A1111 leaves the negative one as is).
   const ExtraNetworkPrompt extra = parse_extra_networks(req.prompt);
@@ -426,7 +582,8 @@ std::vector<GeneratedImage> StableDiffusion::generate(const GenerateRequest& req
 
   auto sampler = make_sampler(req, schedule_);
   sampler->set_noise_seeds(req.rng, std::vector<uint64_t>(seeds.begin(), seeds.end()));
-  const size_t begin = begin_index(req, *sampler);
+  const bool img2img = req.init_image || in.pixels || in.latents;
+  const size_t begin = begin_index(req, *sampler, img2img);
   sampler->set_begin_index(begin);
   PerImageNoise noise(req.rng, seeds);
   const int64_t lc = vae_->config().latent_channels;
@@ -437,7 +594,7 @@ std::vector<GeneratedImage> StableDiffusion::generate(const GenerateRequest& req
   // Initial latents, drawing from each image's generator in diffusers' order: the image's latent
   // sample (img2img; inpaint when the UNet is 4-channel or strength < 1), the noise, then (inpaint)
   // the masked image's latent sample.
-  const bool image_mode = req.init_image != nullptr || inpaint_model;
+  const bool image_mode = img2img || inpaint_model;
   Tensor latents, image_latents, first_noise, mask_latent, masked_image_latents;
   if (!image_mode) {
     latents = noise.randn(latent_shape);
@@ -446,11 +603,29 @@ std::vector<GeneratedImage> StableDiffusion::generate(const GenerateRequest& req
     for (int64_t i = 0; i < latents.numel(); ++i) p[i] *= s;
   } else {
     // txt2img on an inpainting model: everything masked, so the image itself is never seen.
-    const Tensor init =
-        req.init_image ? image_tensor(*req.init_image) : Tensor::zeros({1, 3, req.height, req.width}, DType::F32);
+    const Tensor init = in.pixels        ? *in.pixels
+                        : req.init_image ? image_tensor(*req.init_image)
+                                         : Tensor::zeros({1, 3, req.height, req.width}, DType::F32);
     const bool masked = req.mask != nullptr || inpaint_model;
-    const bool full_strength = !req.init_image || req.strength >= 1.0;
-    if (!masked || !inpaint_model || !full_strength) image_latents = sample_latents(init, req.vae_tiling, noise, n);
+    const bool full_strength = !img2img || req.strength >= 1.0;
+    if (in.latents)
+      image_latents = in.latents->clone();
+    else if (!masked || !inpaint_model || !full_strength)
+      image_latents = sample_latents(init, req.vae_tiling, noise, n);
+    if (req.mask && image_latents.defined() &&
+        (req.masked_content == MaskedContent::LatentNoise || req.masked_content == MaskedContent::LatentNothing)) {
+      // A1111's latent noise / latent nothing: the masked area's latents become fresh noise from
+      // each image's seed (its own generators, as A1111's create_random_tensors) or zeros.
+      Tensor fresh;
+      if (req.masked_content == MaskedContent::LatentNoise) fresh = PerImageNoise(req.rng, seeds).randn(latent_shape);
+      float* il = image_latents.data<float>();
+      const int64_t plane = lh * lw;
+      for (int64_t k = 0; k < image_latents.numel(); ++k) {
+        const int64_t p = k % plane;
+        const size_t y = size_t(p / lw) * size_t(vae_scale_), x = size_t(p % lw) * size_t(vae_scale_);
+        if (req.mask->pixels[y * size_t(req.width) + x] >= 128) il[k] = fresh.defined() ? fresh.data<float>()[k] : 0.f;
+      }
+    }
     first_noise = noise.randn(latent_shape);
     if (masked && full_strength) {
       latents = first_noise.clone();
@@ -530,17 +705,22 @@ std::vector<GeneratedImage> StableDiffusion::generate(const GenerateRequest& req
         l[k] = (1.0f - w) * o[k] + w * l[k];
       }
     }
-    if (progress && !progress(int(i + 1 - begin), int(calls - begin))) throw Cancelled();
+    if (tick && !tick()) throw Cancelled();
   }
 
+  return latents;
+}
+
+std::vector<GeneratedImage> StableDiffusion::decode(const Tensor& latents, bool tiled,
+                                                    const std::vector<int64_t>& seeds) const {
+  const int64_t n = latents.size(0);
   Tensor z = latents.clone();
   {
     const VAEConfig& vc = vae_->config();
     float* p = z.data<float>();
     for (int64_t i = 0; i < z.numel(); ++i) p[i] = p[i] / vc.scaling_factor + vc.shift_factor;
   }
-  const Tensor images =
-      (req.vae_tiling ? vae_->decode_tiled(z) : vae_->decode(z)).to(DType::F32).to(Device::cpu()).contiguous();
+  const Tensor images = (tiled ? vae_->decode_tiled(z) : vae_->decode(z)).to(DType::F32).to(Device::cpu()).contiguous();
   std::vector<GeneratedImage> out;
   for (int64_t b = 0; b < n; ++b) {
     GeneratedImage im;

@@ -77,6 +77,24 @@ struct GrayImage {
   std::vector<uint8_t> pixels;  // width * height
 };
 
+// What an inpaint starts from inside the mask (A1111's "masked content"). Fill and Original are the
+// image's pixels (fill: prepared by pipeline/img2img.h); the latent ones replace the image's latents
+// inside the mask before noising: fresh noise from each image's seed, or zeros.
+enum class MaskedContent { Fill = 0, Original = 1, LatentNoise = 2, LatentNothing = 3 };
+
+// A1111's hires fix (enable_hr): the txt2img image at the request's size, upscaled, then img2img at
+// the target size. Targets are rounded down to multiples of 8.
+struct HiresFix {
+  bool enabled = false;
+  double scale = 2.0;         // hr_scale, used when width/height are 0
+  int width = 0, height = 0;  // hr_resize_x / hr_resize_y (0: scale; one of them 0: keeps the ratio)
+  // "Latent" (bilinear), "Latent (nearest)", "Latent (nearest-exact)" upscale the latents; "Lanczos"
+  // and "Nearest" the decoded image.
+  std::string upscaler = "Latent";
+  int steps = 0;         // hr_second_pass_steps; 0 = the first pass's steps
+  double denoise = 0.7;  // denoising strength of the second pass
+};
+
 struct GenerateRequest {
   std::string prompt;
   std::string negative_prompt;
@@ -109,8 +127,16 @@ struct GenerateRequest {
   // and the masked image's latents as extra UNet input. A 9-channel model without a mask repaints
   // everything (txt2img on it: a gray image and a white mask, as A1111 does).
   std::shared_ptr<const GrayImage> mask;
-  double strength = 0.75;  // denoising strength, (0, 1]; with init_image only
+  double strength = 0.75;                                  // denoising strength, (0, 1]; with init_image only
+  MaskedContent masked_content = MaskedContent::Original;  // with a mask
+  HiresFix hires;                                          // txt2img only
 };
+
+// The hires fix's second pass: img2img at the target size with the hires steps and strength (no
+// init image of its own: generate() hands it the upscaled first pass).
+GenerateRequest hires_second_pass(const GenerateRequest& req);
+// Model-free hires upscalers, in A1111's menu order.
+std::vector<std::string> hires_upscaler_names();
 
 struct GeneratedImage {
   int width = 0, height = 0;
@@ -207,7 +233,17 @@ class StableDiffusion {
   mutable std::once_flag hash_once_;
   mutable std::string model_hash_;
 
-  // Latents of a [1, 3, H, W] image in [-1, 1] for each of n images: the VAE posterior's mean +
+  // What a pass starts from besides the request: images or latents (the hires fix's second pass).
+  struct PassInput {
+    const Tensor* pixels = nullptr;   // [1 or n, 3, H, W] in [-1, 1]
+    const Tensor* latents = nullptr;  // [n, latent, H/8, W/8], scaled
+  };
+  // Prompt encoding and the sampling loop; returns the final latents. `tick` after every model call.
+  Tensor sample(const GenerateRequest& req, const std::vector<int64_t>& seeds, const PassInput& in,
+                const std::function<bool()>& tick) const;
+  std::vector<GeneratedImage> decode(const Tensor& latents, bool tiled, const std::vector<int64_t>& seeds) const;
+
+  // Latents of a [1 or n, 3, H, W] image in [-1, 1] for each of n images: the VAE posterior's mean +
   // std * one normal draw from each image's generator, times the scaling factor (diffusers'
   // retrieve_latents(sample_mode="sample")). [n, latent, H/8, W/8] f32 on the host.
   Tensor sample_latents(const Tensor& image, bool tiled, NoiseGenerator& noise, int64_t n) const;
