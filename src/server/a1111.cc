@@ -55,14 +55,16 @@ std::string info_json(const Job& j, const StableDiffusion* m) {
                {"sd_model_name", m ? model_title(*m) : ""},
                {"seed_resize_from_w", -1},
                {"seed_resize_from_h", -1},
-               {"denoising_strength", nullptr},
+               {"denoising_strength", r.init_image      ? json(r.strength)
+                                      : r.hires.enabled ? json(r.hires.denoise)
+                                                        : json(nullptr)},
                {"extra_generation_params", json::object()},
                {"index_of_first_image", 0},
                {"infotexts", j.infotexts},
                {"styles", json::array()},
                {"job_timestamp", ""},
                {"clip_skip", r.clip_skip},
-               {"is_using_inpainting_conditioning", false},
+               {"is_using_inpainting_conditioning", m && m->unet_in_channels() == 9},
                {"version", "sdserve"}};
   return dump(info);
 }
@@ -96,40 +98,52 @@ uint64_t meminfo_kb(const std::string& key) {
 void add_a1111_routes(httplib::Server& srv, RouteContext& ctx) {
   JobManager& jobs = ctx.jobs;
 
-  srv.Post("/sdapi/v1/txt2img", [&ctx, &jobs](const httplib::Request& req, httplib::Response& res) {
-    const json body = parse_json_body(req.body);
-    // n_iter batches of batch_size: the same seeds as one batch of n_iter * batch_size.
-    json b = body;
-    if (b.contains("n_iter") && b["n_iter"].is_number_integer()) {
-      const int64_t n = b["n_iter"].get<int64_t>(), bs = b.value("batch_size", 1);
-      if (n > 1) b["batch_size"] = bs * n;
-      b.erase("n_iter");
-    }
-    ParsedRequest p = ctx.parse(b);
-    p.type = "txt2img";
-    auto job = ctx.submit(p, res);
-    if (!job) return;
-    ctx.wait_done(job);
-    const StableDiffusion* m = jobs.model();  // before taking the lock: model() takes it too
-    auto lk = jobs.lock();
-    if (job->status == JobStatus::Canceled) {
-      send_error(res, http_error(409, "canceled", "the job was interrupted"));
-      return;
-    }
-    if (job->status != JobStatus::Succeeded) {
-      send_error(res, job->error ? *job->error : http_error(500, "internal", "no result"));
-      return;
-    }
-    json images = json::array();
-    for (const auto& png : job->pngs) images.push_back(base64_encode(std::string(png.begin(), png.end())));
-    res.set_content(dump({{"images", images}, {"parameters", body}, {"info", info_json(*job, m)}}), "application/json");
-  });
+  // txt2img and img2img: A1111's synchronous answer {images, parameters, info}.
+  const auto generate_route = [&ctx, &jobs](const char* type) {
+    return [&ctx, &jobs, type](const httplib::Request& req, httplib::Response& res) {
+      const json body = parse_json_body(req.body);
+      // n_iter batches of batch_size: the same seeds as one batch of n_iter * batch_size.
+      json b = body;
+      if (b.contains("n_iter") && b["n_iter"].is_number_integer()) {
+        const int64_t n = b["n_iter"].get<int64_t>(), bs = b.value("batch_size", 1);
+        if (n > 1) b["batch_size"] = bs * n;
+        b.erase("n_iter");
+      }
+      ParsedRequest p = ctx.parse(b);
+      if (p.type != type)
+        throw InvalidArgument(std::string(type) == "img2img"
+                                  ? "field 'init_images' (a list with one base64 image) is required"
+                                  : "txt2img takes no init image: use /sdapi/v1/img2img");
+      auto job = ctx.submit(p, res);
+      if (!job) return;
+      ctx.wait_done(job);
+      const StableDiffusion* m = jobs.model();  // before taking the lock: model() takes it too
+      auto lk = jobs.lock();
+      if (job->status == JobStatus::Canceled) {
+        send_error(res, http_error(409, "canceled", "the job was interrupted"));
+        return;
+      }
+      if (job->status != JobStatus::Succeeded) {
+        send_error(res, job->error ? *job->error : http_error(500, "internal", "no result"));
+        return;
+      }
+      json images = json::array();
+      for (const auto& png : job->pngs) images.push_back(base64_encode(std::string(png.begin(), png.end())));
+      json params = body;
+      if (params.contains("init_images")) params["init_images"] = json::array();  // not echoed back (size)
+      if (params.contains("mask")) params["mask"] = nullptr;
+      res.set_content(dump({{"images", images}, {"parameters", params}, {"info", info_json(*job, m)}}),
+                      "application/json");
+    };
+  };
+  srv.Post("/sdapi/v1/txt2img", generate_route("txt2img"));
+  srv.Post("/sdapi/v1/img2img", generate_route("img2img"));
 
-  for (const char* route : {"/sdapi/v1/img2img", "/sdapi/v1/extra-single-image", "/sdapi/v1/extra-batch-images"})
+  for (const char* route : {"/sdapi/v1/extra-single-image", "/sdapi/v1/extra-batch-images"})
     srv.Post(route, [](const httplib::Request& req, httplib::Response& res) {
-      send_error(res,
-                 http_error(422, "unsupported",
-                            printable(req.path) + " is not available yet: this server does txt2img (docs/API.md)"));
+      send_error(res, http_error(422, "unsupported",
+                                 printable(req.path) +
+                                     " is not available yet: use sdserve upscale on the command line (docs/API.md)"));
     });
 
   srv.Get("/sdapi/v1/progress", [&jobs](const httplib::Request&, httplib::Response& res) {

@@ -63,9 +63,13 @@ void JobManager::touch_locked(Job& job) {
   cv_.notify_all();
 }
 
-std::shared_ptr<Job> JobManager::submit(const std::string& type, GenerateRequest req) {
-  if (type != "txt2img")
-    throw UnsupportedError("job type '" + type + "' is not available yet (this server does txt2img)");
+std::shared_ptr<Job> JobManager::submit(const std::string& type, GenerateRequest req,
+                                        std::shared_ptr<const PreparedImg2Img> prep) {
+  if (type != "txt2img" && type != "img2img")
+    throw InvalidArgument("job type '" + type + "' is unknown: use txt2img or img2img");
+  if (type == "img2img" && !req.init_image)
+    throw InvalidArgument("an img2img job needs an init image (init_images or init_image)");
+  if (type == "txt2img" && req.init_image) throw InvalidArgument("a txt2img job takes no init image: use type img2img");
   validate_request(req);
   std::unique_lock<std::mutex> lk(mu_);
   if (draining_ || stopping_) throw NotAccepting("the server is shutting down; retry on another instance");
@@ -90,6 +94,7 @@ std::shared_ptr<Job> JobManager::submit(const std::string& type, GenerateRequest
   job->id = random_id();
   job->type = type;
   job->req = std::move(req);
+  job->prep = std::move(prep);
   job->created = Clock::now();
   job->created_unix = unix_now();
   jobs_[job->id] = job;
@@ -264,9 +269,10 @@ void JobManager::run(const std::shared_ptr<Job>& job) {
       return !job->cancel.load();
     };
     if (job->cancel) throw Cancelled();
-    const auto images = model_->txt2img(job->req, progress);
-    for (const GeneratedImage& im : images) {
-      GenerationParams gp = model_->infotext_params(job->req, im);
+    const auto images = model_->generate(job->req, progress);
+    for (const GeneratedImage& generated : images) {
+      const GeneratedImage im = job->prep ? finish_img2img(*job->prep, generated) : generated;
+      GenerationParams gp = model_->infotext_params(job->req, generated);
       gp.version = opt_.version;
       const std::string text = to_infotext(gp);
       pngs.push_back(encode_png(im.rgb.data(), im.width, im.height, 3, {{"parameters", text}}));

@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "pipeline/img2img.h"
 #include "pipeline/stable_diffusion.h"
 #include "server/http_error.h"
 
@@ -33,6 +34,7 @@ struct Job {
   std::string id;
   std::string type = "txt2img";
   GenerateRequest req;
+  std::shared_ptr<const PreparedImg2Img> prep;  // img2img: puts results over the original
   // Set by cancel(); read by the worker's progress callback between sampling steps.
   std::atomic<bool> cancel{false};
 
@@ -76,7 +78,8 @@ class JobManager {
 
   // Validates against the model when it is loaded (unknown LoRA names, prompt length) so bad
   // requests fail at once; throws sdserve errors, QueueFull or NotAccepting.
-  std::shared_ptr<Job> submit(const std::string& type, GenerateRequest req);
+  std::shared_ptr<Job> submit(const std::string& type, GenerateRequest req,
+                              std::shared_ptr<const PreparedImg2Img> prep = nullptr);
   std::shared_ptr<Job> find(const std::string& id) const;
   bool forgotten(const std::string& id) const;  // existed, but its record expired (HTTP 410)
   // true if the job was still queued or running (a queued job ends at once; a running one

@@ -2,13 +2,16 @@
 
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <set>
 
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/utf8.h"
+#include "io/image.h"
 #include "pipeline/rng.h"
+#include "server/http_util.h"
 
 namespace sdserve::server {
 
@@ -54,6 +57,39 @@ bool get_bool(const json& v, const std::string& f) {
   return v.get<bool>();
 }
 
+// A base64 image (bare, or a data: URI as browsers make them), decoded under the limits.
+DecodedImage get_image(const json& v, const std::string& f, const RequestLimits& lim) {
+  std::string s = get_string(v, f, size_t(256) << 20);
+  if (s.rfind("data:", 0) == 0) {
+    const size_t comma = s.find(',');
+    if (comma == std::string::npos) bad(f, "is a data: URI without data");
+    s.erase(0, comma + 1);
+  }
+  std::string bytes;
+  try {
+    bytes = base64_decode(s);
+  } catch (const Error&) {
+    bad(f, "is not valid base64");
+  }
+  ImageLimits il;
+  il.max_width = il.max_height = lim.max_image_side;
+  il.max_pixels = lim.max_image_pixels;
+  try {
+    return decode_image(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), il);
+  } catch (const Error& e) {
+    bad(f, std::string("is not a usable image: ") + e.what());
+  }
+}
+
+OutpaintMargins get_outpaint(const json& v, const std::string& f) {
+  if (v.is_string()) return parse_outpaint(v.get<std::string>());
+  if (!v.is_object()) bad(f, "must be {\"left\", \"right\", \"top\", \"bottom\"} pixel counts");
+  OutpaintMargins m;
+  for (auto [name, ptr] : {std::pair{"left", &m.left}, {"right", &m.right}, {"top", &m.top}, {"bottom", &m.bottom}})
+    if (v.contains(name)) *ptr = int(get_int(v[name], f + "." + name, 0, 4096));
+  return m;
+}
+
 }  // namespace
 
 json parse_json_body(const std::string& body) {
@@ -74,6 +110,9 @@ ParsedRequest parse_generate_request(const json& body, const RequestLimits& lim)
   ParsedRequest p;
   GenerateRequest& r = p.req;
   bool have_prompt = false;
+  std::optional<DecodedImage> init, mask;
+  std::optional<double> denoise;
+  Img2ImgOptions io;
   for (const auto& [key, v] : body.items()) {
     if (v.is_null()) continue;  // A1111 clients send null for "default"
     if (key == "type") {
@@ -109,6 +148,48 @@ ParsedRequest parse_generate_request(const json& body, const RequestLimits& lim)
       r.rng = parse_rng(get_string(v, key, 16));
     } else if (key == "vae_tiling" || key == "tiling") {
       r.vae_tiling = get_bool(v, key);
+    } else if (key == "init_images") {
+      if (!v.is_array() || v.empty()) bad(key, "must be a list with one base64 image");
+      if (v.size() > 1) bad(key, "holds " + std::to_string(v.size()) + " images; send one per request");
+      init = get_image(v[0], "init_images[0]", lim);
+    } else if (key == "init_image" || key == "image") {
+      init = get_image(v, key, lim);
+    } else if (key == "mask" || key == "mask_image") {
+      mask = get_image(v, key, lim);
+    } else if (key == "denoising_strength" || key == "strength") {
+      denoise = double(get_float(v, key));
+      denoise = v.get<double>();  // as sent: 0.6 stays 0.6 in the answer
+    } else if (key == "resize_mode") {
+      io.resize_mode =
+          parse_resize_mode(v.is_string() ? get_string(v, key, 32) : std::to_string(get_int(v, key, 0, 3)));
+    } else if (key == "mask_blur") {
+      io.mask_blur_x = io.mask_blur_y = double(get_int(v, key, 0, 256));
+    } else if (key == "mask_blur_x") {
+      io.mask_blur_x = double(get_int(v, key, 0, 256));
+    } else if (key == "mask_blur_y") {
+      io.mask_blur_y = double(get_int(v, key, 0, 256));
+    } else if (key == "inpainting_fill") {
+      io.masked_content = MaskedContent(get_int(v, key, 0, 3));
+    } else if (key == "inpaint_full_res") {
+      io.only_masked = v.is_boolean() ? v.get<bool>() : get_int(v, key, 0, 1) == 1;
+    } else if (key == "inpaint_full_res_padding") {
+      io.only_masked_padding = int(get_int(v, key, 0, 4096));
+    } else if (key == "inpainting_mask_invert") {
+      io.mask_invert = v.is_boolean() ? v.get<bool>() : get_int(v, key, 0, 1) == 1;
+    } else if (key == "outpaint") {
+      io.outpaint = get_outpaint(v, key);
+    } else if (key == "enable_hr") {
+      r.hires.enabled = get_bool(v, key);
+    } else if (key == "hr_scale") {
+      r.hires.scale = get_float(v, key);
+    } else if (key == "hr_upscaler") {
+      r.hires.upscaler = get_string(v, key, 128);
+    } else if (key == "hr_second_pass_steps") {
+      r.hires.steps = int(get_int(v, key, 0, lim.max_steps));
+    } else if (key == "hr_resize_x") {
+      r.hires.width = int(get_int(v, key, 0, lim.max_width));
+    } else if (key == "hr_resize_y") {
+      r.hires.height = int(get_int(v, key, 0, lim.max_height));
     } else if (key == "loras") {
       if (!v.is_array()) bad(key, "must be a list of {\"name\", \"weight\"} objects");
       if (v.size() > lim.max_loras) bad(key, "lists more than " + std::to_string(lim.max_loras) + " networks");
@@ -129,6 +210,27 @@ ParsedRequest parse_generate_request(const json& body, const RequestLimits& lim)
     }
   }
   if (!have_prompt) throw InvalidArgument("field 'prompt' is required");
+  if (r.hires.enabled) {
+    const GenerateRequest second = hires_second_pass(r);
+    if (second.width > lim.max_width || second.height > lim.max_height)
+      bad("hr_scale", "makes a " + std::to_string(second.width) + "x" + std::to_string(second.height) +
+                          " image, over this server's limit of " + std::to_string(lim.max_width) + "x" +
+                          std::to_string(lim.max_height));
+    if (denoise) r.hires.denoise = *denoise;
+  }
+  if ((mask || io.outpaint.any()) && !init) bad(mask ? "mask" : "outpaint", "needs an init image (init_images)");
+  if (init) {
+    if (r.hires.enabled) bad("enable_hr", "is for txt2img; send the target size with the init image instead");
+    if (denoise) r.strength = *denoise;
+    validate_request(r);  // cheap checks before the image work
+    auto prep =
+        std::make_shared<PreparedImg2Img>(prepare_img2img(*init, mask ? &*mask : nullptr, r.width, r.height, io));
+    r.init_image = prep->init;
+    r.mask = prep->mask;
+    r.masked_content = prep->masked_content;
+    p.prep = prep;
+    p.type = "img2img";
+  }
   validate_request(r);  // sampler names, ranges the engine enforces
   return p;
 }

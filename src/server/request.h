@@ -7,6 +7,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "pipeline/img2img.h"
 #include "pipeline/stable_diffusion.h"
 
 namespace sdserve::server {
@@ -20,15 +21,22 @@ struct RequestLimits {
   int max_batch = 8;
   size_t max_prompt_chars = 20000;
   size_t max_loras = 16;
+  // Init images and masks: checked from the header before any pixel is decoded.
+  uint32_t max_image_side = 8192;
+  uint64_t max_image_pixels = uint64_t(4096) * 4096;
 };
 
 struct ParsedRequest {
   GenerateRequest req;
-  std::string type = "txt2img";
+  std::string type = "txt2img";  // "img2img" when the body has an init image
+  // img2img/inpaint: how the result is put back over the original (A1111's overlay).
+  std::shared_ptr<const PreparedImg2Img> prep;
   std::vector<std::string> ignored;  // unknown fields (A1111 clients send many)
 };
 
 // Throws InvalidArgument naming the field for a value of the wrong type or out of the limits.
+// An init image ("init_images": [base64] as A1111, or "init_image") makes it img2img; "mask" inpaint;
+// images are PNG/JPEG/WebP, base64 or data: URIs, decoded and prepared here (pipeline/img2img.h).
 // LoRAs are taken by name only ({"name", "weight"} or {"name", "te_weight", "unet_weight"}):
 // an HTTP body never names a file path.
 ParsedRequest parse_generate_request(const nlohmann::json& body, const RequestLimits& limits);

@@ -214,7 +214,7 @@ int serve(const ServeOptions& opt) {
   std::function<std::shared_ptr<Job>(const ParsedRequest&, httplib::Response&)> submit =
       [&](const ParsedRequest& p, httplib::Response& res) -> std::shared_ptr<Job> {
     try {
-      return jobs.submit(p.type, p.req);
+      return jobs.submit(p.type, p.req, p.prep);
     } catch (const QueueFull& e) {
       res.set_header("Retry-After", std::to_string(int(std::ceil(e.retry_after_s))));
       send_error(res, http_error(429, "queue_full", "the queue is full; retry after the Retry-After seconds"));
@@ -271,7 +271,19 @@ int serve(const ServeOptions& opt) {
   // The seed's route: JSON in, PNG out, synchronously (through the same queue).
   srv.Post("/txt2img", [&](const httplib::Request& req, httplib::Response& res) {
     ParsedRequest p = parse(req);
-    p.type = "txt2img";
+    if (p.type != "txt2img") throw InvalidArgument("/txt2img takes no init image: use /img2img");
+    auto job = submit(p, res);
+    if (!job) return;
+    wait_done(job);
+    auto lk = jobs.lock();
+    if (job->status != JobStatus::Succeeded) return send_job_error(*job, res);
+    res.set_content(std::string(job->pngs[0].begin(), job->pngs[0].end()), "image/png");
+  });
+
+  // The seed's second route: the same body plus "init_image" (base64), PNG out.
+  srv.Post("/img2img", [&](const httplib::Request& req, httplib::Response& res) {
+    ParsedRequest p = parse(req);
+    if (p.type != "img2img") throw InvalidArgument("field 'init_image' (a base64 PNG, JPEG or WebP) is required");
     auto job = submit(p, res);
     if (!job) return;
     wait_done(job);

@@ -111,3 +111,25 @@ def decode_png(path):
         out += line
         prev = line
     return w, h, ch, bytes(out), text
+
+
+def png_bytes(width, height, channels, pixels, ihdr_size=None):
+    """An 8-bit PNG (channels 1, 3 or 4; filter 0). `ihdr_size` overrides the size the header claims
+    (for hostile-header tests)."""
+    import struct
+    import zlib
+    color = {1: 0, 3: 2, 4: 6}[channels]
+    stride = width * channels
+    raw = b"".join(b"\0" + bytes(pixels[y * stride:(y + 1) * stride]) for y in range(height))
+    w, h = ihdr_size or (width, height)
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def encode_png(path, width, height, channels, pixels, ihdr_size=None):
+    """Writes png_bytes(...) to `path`."""
+    pathlib.Path(path).write_bytes(png_bytes(width, height, channels, pixels, ihdr_size))

@@ -12,12 +12,16 @@ import time
 
 import pytest
 
-from conftest import FIXTURES, decode_png, read_safetensors
+from conftest import FIXTURES, decode_png, png_bytes, read_safetensors
 
 MODEL = FIXTURES / "models" / "sd1-tiny"
 LORAS = FIXTURES / "lora" / "sd1-tiny"
 GOLDEN = FIXTURES / "golden" / "txt2img" / "sd1-tiny.safetensors"
 LORA_GOLDEN = FIXTURES / "golden" / "lora" / "sd1-tiny.safetensors"
+
+
+TINY_PNG_B64 = base64.b64encode(png_bytes(1, 1, 3, b"\x10\x20\x30")).decode()
+HUGE_PNG_B64 = base64.b64encode(png_bytes(1, 1, 3, b"\0\0\0", ihdr_size=(20000, 20000))).decode()
 
 
 class ServerProcess:
@@ -277,13 +281,24 @@ def test_queue_full_is_429_with_retry_after(server):
     ({"prompt": "x <lora:nope:1>"}, 404, "available in"),
     ({"prompt": "x", "loras": [{"path": "/etc/passwd"}]}, 400, "\"name\""),
     ({"prompt": "x", "loras": [{"name": "../a_kohya"}]}, 404, "unknown LoRA"),
-    ({"prompt": "x", "type": "img2img"}, 422, "img2img"),
+    ({"prompt": "x", "type": "img2img"}, 400, "init image"),
+    ({"prompt": "x", "type": "upscale"}, 400, "txt2img or img2img"),
+    ({"prompt": "x", "init_image": "***"}, 400, "'init_image' is not a usable image"),
+    ({"prompt": "x", "init_image": "aGVsbG8gd29ybGQ="}, 400, "not a usable image"),
+    ({"prompt": "x", "init_images": [HUGE_PNG_B64]}, 400, "20000"),
+    ({"prompt": "x", "init_images": [TINY_PNG_B64, TINY_PNG_B64]}, 400, "one per request"),
+    ({"prompt": "x", "mask": TINY_PNG_B64}, 400, "needs an init image"),
+    ({"prompt": "x", "init_image": TINY_PNG_B64, "denoising_strength": 2}, 400, "strength"),
+    ({"prompt": "x", "init_image": TINY_PNG_B64, "resize_mode": 7}, 400, "resize_mode"),
+    ({"prompt": "x", "init_image": TINY_PNG_B64, "outpaint": {"left": -1}}, 400, "outpaint.left"),
+    ({"prompt": "x", "enable_hr": True, "hr_scale": 100}, 400, "hr_scale"),
+    ({"prompt": "x", "enable_hr": True, "hr_upscaler": "4x-Bogus"}, 404, "Lanczos"),
 ])
 def test_bad_requests_get_json_errors(server, body, status, needle):
     s = server("--lora-dir", LORAS)
     assert_error(*s.json("POST", "/v1/jobs", body), status, needle)
-    if not (isinstance(body, dict) and "type" in body):  # /txt2img is txt2img whatever "type" says
-        assert_error(*s.json("POST", "/txt2img", body), status, needle)
+    if not (isinstance(body, dict) and ("type" in body or "init_image" in body or "init_images" in body)):
+        assert_error(*s.json("POST", "/txt2img", body), status, needle)  # txt2img whatever "type" says
 
 
 def test_route_job_and_size_errors(server):
@@ -405,3 +420,15 @@ def test_load_every_request_answered_and_memory_flat(server):
     after = rss_kb(s.proc.pid)
     assert after - before < 16 * 1024, f"RSS grew from {before} to {after} KiB over 800 jobs"
     assert s.request("GET", "/health")[0] == 200
+
+
+def test_seed_img2img_route(server):
+    s = server()
+    init = base64.b64encode(png_bytes(32, 32, 3, bytes(range(256)) * 12)).decode()
+    status, headers, body = s.request("POST", "/img2img", json.dumps(
+        {"prompt": "a cat", "init_image": "data:image/png;base64," + init, "strength": 0.5, "steps": 4,
+         "width": 32, "height": 32, "seed": 3}).encode())
+    assert status == 200, body
+    assert body[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_error(*s.json("POST", "/img2img", {"prompt": "x"}), 400, "init_image")
+    assert_error(*s.json("POST", "/txt2img", {"prompt": "x", "init_image": init}), 400, "/img2img")
