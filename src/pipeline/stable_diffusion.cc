@@ -11,6 +11,7 @@
 #include "io/resize.h"
 #include "models/loader.h"
 #include "ops/concat.h"
+#include "pipeline/upscale.h"
 #ifdef SDSERVE_WITH_CUDA
 #include "cuda/runtime.h"
 #endif
@@ -66,16 +67,19 @@ size_t begin_index(const GenerateRequest& req, const Sampler& sampler, bool img2
 
 struct HiresUpscaler {
   bool latent = false;
-  int mode = 0;  // latent: 0 bilinear, 1 nearest, 2 nearest-exact; pixel: 0 Lanczos, 1 nearest
+  int mode = 0;  // latent: 0 bilinear, 1 nearest, 2 nearest-exact; pixel: 0 Lanczos, 1 nearest, 2 a model file
 };
 
-HiresUpscaler parse_hires_upscaler(const std::string& name) {
-  const auto names = hires_upscaler_names();
-  for (size_t i = 0; i < names.size(); ++i)
-    if (name == names[i]) return i < 3 ? HiresUpscaler{true, int(i)} : HiresUpscaler{false, int(i - 3)};
+// Mode 2 of a pixel upscaler: an ESRGAN-family file (`path`).
+HiresUpscaler parse_hires_upscaler(const std::string& name, const std::vector<std::string>& names, bool model_file) {
+  const auto builtin = hires_upscaler_names();
+  for (size_t i = 0; i < builtin.size(); ++i)
+    if (name == builtin[i]) return i < 3 ? HiresUpscaler{true, int(i)} : HiresUpscaler{false, int(i - 3)};
+  if (model_file) return HiresUpscaler{false, 2};
   std::string list;
   for (const std::string& n : names) list += (list.empty() ? "" : ", ") + n;
-  throw NotFoundError("hires upscaler \"" + name + "\" is not available: use one of " + list);
+  throw NotFoundError("hires upscaler \"" + name + "\" is not available: use one of " + list +
+                      (names.size() == builtin.size() ? " (ESRGAN models need an upscaler folder)" : ""));
 }
 
 // torch.nn.functional.interpolate of [N, C, h, w] f32 latents to (oh, ow), align_corners=False, no
@@ -151,6 +155,9 @@ std::unique_ptr<StableDiffusion> StableDiffusion::load(const std::string& path, 
   auto sd = std::make_unique<StableDiffusion>();
   sd->loras_ = std::make_unique<LoraLibrary>(opt.lora_dir, opt.lora_cache_bytes);  // a missing folder: NotFound
   sd->max_prompt_chunks_ = opt.max_prompt_chunks;
+  if (opt.upscaler_dir && !std::filesystem::is_directory(*opt.upscaler_dir))
+    throw NotFoundError("upscaler directory not found: " + *opt.upscaler_dir);
+  sd->upscaler_dir_ = opt.upscaler_dir;
   sd->files_ = std::make_unique<ModelFiles>(ModelFiles::open(path));
   const ModelFiles& m = *sd->files_;
   const ModelInfo& info = m.info();
@@ -314,7 +321,7 @@ void validate_request(const GenerateRequest& r) {
     SD_CHECK_ARG(h.steps >= 0 && h.steps <= 1000, "hires steps must be between 0 (same as steps) and 1000");
     SD_CHECK_ARG(std::isfinite(h.denoise) && h.denoise > 0 && h.denoise <= 1,
                  "hires denoising strength must be in (0, 1]");
-    parse_hires_upscaler(h.upscaler);
+    SD_CHECK_ARG(!h.upscaler.empty() && h.upscaler.size() <= 256, "hires upscaler: give a name");
     const GenerateRequest second = hires_second_pass(r);
     validate_request(second);  // the target size
     SD_CHECK_ARG(std::min(int(double(second.steps) * second.strength), second.steps) >= 1,
@@ -340,6 +347,8 @@ void StableDiffusion::validate(const GenerateRequest& r) const {
     if (!loras_->has(n)) loras_->by_name(n);      // throws NotFoundError listing the names
   chunks(parse_extra_networks(r.prompt).prompt);  // too long: InvalidArgument
   chunks(r.negative_prompt);
+  if (r.hires.enabled)
+    parse_hires_upscaler(r.hires.upscaler, upscaler_names(), !upscaler_path(r.hires.upscaler).empty());
   const int64_t in = unet_->config().in_channels, lc = vae_->config().latent_channels;
   if (in != lc && in != 2 * lc + 1)
     throw UnsupportedError("UNet with " + std::to_string(in) + " input channels: only " + std::to_string(lc) +
@@ -508,6 +517,33 @@ Tensor StableDiffusion::sample_latents(const Tensor& image, bool tiled, NoiseGen
   return out;
 }
 
+std::string StableDiffusion::upscaler_path(const std::string& name) const {
+  if (!upscaler_dir_ || name.empty() || name.find('/') != std::string::npos || name.find('\\') != std::string::npos ||
+      name == "." || name == "..")
+    return {};
+  for (const char* ext : {".safetensors", ".pth", ".pt"}) {
+    const std::filesystem::path p = std::filesystem::path(*upscaler_dir_) / (name + ext);
+    if (std::filesystem::is_regular_file(p)) return p.string();
+  }
+  return {};
+}
+
+std::vector<std::string> StableDiffusion::upscaler_names() const {
+  std::vector<std::string> names = hires_upscaler_names();
+  if (!upscaler_dir_) return names;
+  std::vector<std::string> files;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(*upscaler_dir_, ec)) {
+    const std::string ext = e.path().extension().string();
+    if (e.is_regular_file() && (ext == ".safetensors" || ext == ".pth" || ext == ".pt"))
+      files.push_back(e.path().stem().string());
+  }
+  std::sort(files.begin(), files.end());
+  files.erase(std::unique(files.begin(), files.end()), files.end());
+  names.insert(names.end(), files.begin(), files.end());
+  return names;
+}
+
 size_t StableDiffusion::model_calls(const GenerateRequest& req) const {
   const auto calls = [&](const GenerateRequest& r, bool img2img) {
     const auto sampler = make_sampler(r, schedule_);
@@ -535,7 +571,8 @@ std::vector<GeneratedImage> StableDiffusion::generate(const GenerateRequest& req
   // target size with the hires steps and denoising strength and fresh noise from the same seeds.
   const GenerateRequest second = hires_second_pass(req);
   const Tensor first = sample(req, seeds, {}, tick);
-  const HiresUpscaler up = parse_hires_upscaler(req.hires.upscaler);
+  const std::string up_path = upscaler_path(req.hires.upscaler);
+  const HiresUpscaler up = parse_hires_upscaler(req.hires.upscaler, upscaler_names(), !up_path.empty());
   PassInput in;
   Tensor latents, pixels;
   if (up.latent) {
@@ -549,7 +586,16 @@ std::vector<GeneratedImage> StableDiffusion::generate(const GenerateRequest& req
       rgb.width = im.width;
       rgb.height = im.height;
       rgb.pixels = im.rgb;
-      parts.push_back(image_tensor(upscale_image(rgb, second.width, second.height, up)));
+      if (up.mode == 2) {
+        const Upscaler net = Upscaler::open(up_path);
+        const Rgb8Image big = net.upscale_to(rgb.pixels.data(), rgb.width, rgb.height, second.width, second.height);
+        rgb.width = big.width;
+        rgb.height = big.height;
+        rgb.pixels = big.rgb;
+      } else {
+        rgb = upscale_image(rgb, second.width, second.height, up);
+      }
+      parts.push_back(image_tensor(rgb));
     }
     pixels = parts.size() == 1 ? parts[0] : ops::concat(parts, 0);
     in.pixels = &pixels;

@@ -55,6 +55,9 @@ struct LoadOptions {
   std::optional<std::string> lora_dir;
   // Parsed networks kept in memory between requests (f32 factors), least recently used out first.
   size_t lora_cache_bytes = size_t(2) << 30;
+  // A folder of ESRGAN-family upscalers (*.safetensors, *.pth, *.pt): the hires fix's upscaler
+  // names include their file stems (pipeline/upscale.h).
+  std::optional<std::string> upscaler_dir;
 };
 
 // A LoRA a request asks for besides the prompt's <lora:...> tags.
@@ -88,8 +91,8 @@ struct HiresFix {
   bool enabled = false;
   double scale = 2.0;         // hr_scale, used when width/height are 0
   int width = 0, height = 0;  // hr_resize_x / hr_resize_y (0: scale; one of them 0: keeps the ratio)
-  // "Latent" (bilinear), "Latent (nearest)", "Latent (nearest-exact)" upscale the latents; "Lanczos"
-  // and "Nearest" the decoded image.
+  // "Latent" (bilinear), "Latent (nearest)", "Latent (nearest-exact)" upscale the latents; "Lanczos",
+  // "Nearest" and the ESRGAN-family files in LoadOptions::upscaler_dir (by file stem) the decoded image.
   std::string upscaler = "Latent";
   int steps = 0;         // hr_second_pass_steps; 0 = the first pass's steps
   double denoise = 0.7;  // denoising strength of the second pass
@@ -213,6 +216,8 @@ class StableDiffusion {
 
   // Names of the networks in LoadOptions::lora_dir (empty without one).
   std::vector<std::string> lora_names() const { return loras_->names(); }
+  // The hires fix's upscalers: hires_upscaler_names() and the files in LoadOptions::upscaler_dir.
+  std::vector<std::string> upscaler_names() const;
 
  private:
   std::unique_ptr<ModelFiles> files_;
@@ -232,6 +237,9 @@ class StableDiffusion {
   mutable std::mutex run_mu_;  // one generation (and LoRA merge) at a time
   mutable std::once_flag hash_once_;
   mutable std::string model_hash_;
+  std::optional<std::string> upscaler_dir_;
+  // The path of upscaler `name` in upscaler_dir_, or empty.
+  std::string upscaler_path(const std::string& name) const;
 
   // What a pass starts from besides the request: images or latents (the hires fix's second pass).
   struct PassInput {

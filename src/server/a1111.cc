@@ -238,8 +238,22 @@ void add_a1111_routes(httplib::Server& srv, RouteContext& ctx) {
     res.set_content(dump(out), "application/json");
   });
 
-  srv.Get("/sdapi/v1/upscalers",
-          [](const httplib::Request&, httplib::Response& res) { res.set_content("[]", "application/json"); });
+  // The hires fix's pixel upscalers (A1111 lists "None" first) and its latent modes.
+  srv.Get("/sdapi/v1/upscalers", [&jobs](const httplib::Request&, httplib::Response& res) {
+    json out = json::array(
+        {{{"name", "None"}, {"model_name", nullptr}, {"model_path", nullptr}, {"model_url", nullptr}, {"scale", 4}}});
+    const StableDiffusion* m = jobs.model();
+    for (const std::string& n : m ? m->upscaler_names() : hires_upscaler_names())
+      if (n.rfind("Latent", 0) != 0)
+        out.push_back({{"name", n}, {"model_name", n}, {"model_path", nullptr}, {"model_url", nullptr}, {"scale", 4}});
+    res.set_content(dump(out), "application/json");
+  });
+  srv.Get("/sdapi/v1/latent-upscale-modes", [](const httplib::Request&, httplib::Response& res) {
+    json out = json::array();
+    for (const std::string& n : hires_upscaler_names())
+      if (n.rfind("Latent", 0) == 0) out.push_back({{"name", n}});
+    res.set_content(dump(out), "application/json");
+  });
 
   srv.Get("/sdapi/v1/loras", [&jobs](const httplib::Request&, httplib::Response& res) {
     json out = json::array();

@@ -55,7 +55,7 @@ def test_batches_loras_and_lists(a1111):
     api.util_set_model("sd1-tiny")  # the loaded model: accepted
     assert api.get_options()["sd_model_checkpoint"] == models[0]["title"]
     assert api.get_scripts() == {"txt2img": [], "img2img": []}
-    assert api.get_upscalers() == []
+    assert [u["name"] for u in api.get_upscalers()] == ["None", "Lanczos", "Nearest"]
     assert api.get_memory()["ram"]["total"] > 0
     assert api.refresh_checkpoints() is None
     progress = api.get_progress()

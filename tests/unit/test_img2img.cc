@@ -24,6 +24,7 @@
 #include "io/resize.h"
 #include "io/safetensors.h"
 #include "pipeline/stable_diffusion.h"
+#include "pipeline/upscale.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -307,6 +308,41 @@ TEST(HiresFix, FirstPassIsTxt2ImgOfTheSameSeed) {
   const GenerationParams gp = sd.infotext_params(h, out[0]);
   EXPECT_EQ(gp.width, 16);
   EXPECT_EQ(gp.denoising_strength, 0.6f);
+}
+
+// An ESRGAN-family file from LoadOptions::upscaler_dir as the hires upscaler: upscale_to the target
+// size, then img2img.
+TEST(HiresFix, EsrganUpscalerFromTheFolder) {
+  const SafeTensorsFile& g = golden_file("sd1-tiny");
+  LoadOptions lo;
+  lo.upscaler_dir = (kRoot / "upscalers").string();
+  const auto sd = StableDiffusion::load((kModels / "sd1-tiny").string(), lo);
+  const auto names = sd->upscaler_names();
+  EXPECT_NE(std::find(names.begin(), names.end(), "compact-x4"), names.end());
+  EXPECT_NE(std::find(names.begin(), names.end(), "Lanczos"), names.end());
+  GenerateRequest t = golden_request(g, "Euler", "Automatic", 3);
+  t.width = t.height = 16;
+  const auto first = sd->generate(t);
+  GenerateRequest h = t;
+  h.hires.enabled = true;
+  h.hires.upscaler = "compact-x4";
+  h.hires.denoise = 0.5;
+  h.hires.steps = 4;
+  const auto out = sd->generate(h);
+  ASSERT_EQ(out.size(), 1u);
+  const Upscaler net = Upscaler::open((kRoot / "upscalers" / "compact-x4.safetensors").string());
+  const Rgb8Image big = net.upscale_to(first[0].rgb.data(), 16, 16, 32, 32);
+  GenerateRequest i = t;
+  i.width = i.height = 32;
+  i.steps = 4;
+  i.strength = 0.5;
+  auto init = std::make_shared<RgbImage>();
+  init->width = init->height = 32;
+  init->pixels = big.rgb;
+  i.init_image = init;
+  EXPECT_EQ(out[0].rgb, sd->generate(i)[0].rgb);
+  h.hires.upscaler = "../upscalers/compact-x4";  // names only, never paths
+  EXPECT_THROW(sd->generate(h), NotFoundError);
 }
 
 TEST(HiresFix, LatentUpscaleAndValidation) {
