@@ -15,13 +15,17 @@
 
 #include "core/error.h"
 #include "cpu/gemm.h"
+#include "io/image.h"
 #include "io/infotext.h"
 #include "io/model_files.h"
 #include "io/png.h"
 #include "io/safetensors.h"
+#include "io/torch_checkpoint.h"
 #include "models/loader.h"
+#include "pipeline/img2img.h"
 #include "pipeline/stable_diffusion.h"
 #include "pipeline/tokenizer.h"
+#include "pipeline/upscale.h"
 #include "server/server.h"
 
 namespace sd = sdserve;
@@ -141,7 +145,65 @@ struct GenerateArgs {
   std::vector<std::string> loras;  // PATH[:WEIGHT]
   sd::GenerateRequest req;
   sd::LoadOptions load;
+  // img2img / inpaint / outpaint (pipeline/img2img.h)
+  std::string init_image, mask, inpaint_fill, resize_mode = "just resize", outpaint;
+  double mask_blur = 4;
+  bool mask_invert = false, only_masked = false, size_given = false;
+  int only_masked_padding = 32;
 };
+
+sd::DecodedImage read_image_file(const std::string& path, const char* what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw sd::NotFoundError(std::string(what) + ": cannot read " + path);
+  const std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  try {
+    return sd::decode_image(bytes.data(), bytes.size());
+  } catch (const sd::Error& e) {
+    throw sd::InvalidArgument(std::string(what) + " " + path + ": " + e.what());
+  }
+}
+
+sd::MaskedContent parse_masked_content(const std::string& s) {
+  if (s == "fill") return sd::MaskedContent::Fill;
+  if (s == "original") return sd::MaskedContent::Original;
+  if (s == "latent-noise" || s == "latent noise") return sd::MaskedContent::LatentNoise;
+  if (s == "latent-nothing" || s == "latent nothing") return sd::MaskedContent::LatentNothing;
+  throw sd::InvalidArgument("--inpaint-fill " + s + ": use fill, original, latent-noise or latent-nothing");
+}
+
+// Prepares the init image and mask (A1111's resize modes, mask blur, masked content, only masked,
+// outpaint) into a.req; without --width/--height the size is the image's (canvas's), rounded down
+// to a multiple of 8.
+std::optional<sd::PreparedImg2Img> prepare_image_inputs(GenerateArgs& a) {
+  const bool image_flags = !a.mask.empty() || !a.outpaint.empty() || !a.inpaint_fill.empty() || a.only_masked;
+  if (a.init_image.empty()) {
+    if (image_flags)
+      throw sd::InvalidArgument("--mask, --outpaint, --inpaint-fill and --only-masked need --init-image");
+    return std::nullopt;
+  }
+  sd::Img2ImgOptions o;
+  o.resize_mode = sd::parse_resize_mode(a.resize_mode);
+  o.mask_blur_x = o.mask_blur_y = a.mask_blur;
+  o.mask_invert = a.mask_invert;
+  if (!a.inpaint_fill.empty()) o.masked_content = parse_masked_content(a.inpaint_fill);
+  o.only_masked = a.only_masked;
+  o.only_masked_padding = a.only_masked_padding;
+  if (!a.outpaint.empty()) o.outpaint = sd::parse_outpaint(a.outpaint);
+  const sd::DecodedImage image = read_image_file(a.init_image, "--init-image");
+  std::optional<sd::DecodedImage> mask;
+  if (!a.mask.empty()) mask = read_image_file(a.mask, "--mask");
+  if (!a.size_given) {
+    const int cw = image.width + o.outpaint.left + o.outpaint.right;
+    const int ch = image.height + o.outpaint.top + o.outpaint.bottom;
+    a.req.width = std::max(8, cw / 8 * 8);
+    a.req.height = std::max(8, ch / 8 * 8);
+  }
+  sd::PreparedImg2Img prep = sd::prepare_img2img(image, mask ? &*mask : nullptr, a.req.width, a.req.height, o);
+  a.req.init_image = prep.init;
+  a.req.mask = prep.mask;
+  a.req.masked_content = prep.masked_content;
+  return prep;
+}
 
 // --lora PATH[:WEIGHT]: the weight applies to the text encoder and the UNet alike; a suffix after
 // the last ':' that is not a number is part of the path.
@@ -178,6 +240,7 @@ int cmd_generate(GenerateArgs& a) {
   a.load.device = sd::parse_device(a.device);
   a.load.dtype = compute_dtype(a.dtype, a.load.device);
   for (const std::string& l : a.loras) a.req.loras.push_back(parse_lora_arg(l));
+  const std::optional<sd::PreparedImg2Img> prep = prepare_image_inputs(a);
   sd::validate_request(a.req);  // bad sizes, steps or sampler names fail before loading anything
   const auto model = sd::StableDiffusion::load(a.model, a.load);  // checks a.load before reading the model
   model->validate(a.req);
@@ -194,16 +257,106 @@ int cmd_generate(GenerateArgs& a) {
     if (step == total) std::fputc('\n', stderr);
     return true;
   };
-  const auto images = model->txt2img(a.req, progress);
+  const auto images = model->generate(a.req, progress);
   for (size_t i = 0; i < images.size(); ++i) {
-    const auto& im = images[i];
-    sd::GenerationParams gp = model->infotext_params(a.req, im);
+    const auto im = prep ? sd::finish_img2img(*prep, images[i]) : images[i];
+    sd::GenerationParams gp = model->infotext_params(a.req, images[i]);
     gp.version = std::string("sdserve ") + SDSERVE_VERSION;
+    if (a.req.mask) {
+      char blur[32];
+      std::snprintf(blur, sizeof blur, "%g", a.mask_blur);
+      gp.set_extra("Mask blur", blur);
+    }
     const std::string path = output_name(a.output, int(i), int(images.size()));
     sd::write_png_file(path, im.rgb.data(), im.width, im.height, 3, {{"parameters", sd::to_infotext(gp)}});
     std::fprintf(stderr, "wrote %s (seed %lld)\n", path.c_str(), static_cast<long long>(im.seed));
   }
   std::fprintf(stderr, "done in %.1fs\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return 0;
+}
+
+struct UpscaleArgs {
+  std::string upscaler, input, output;
+  int tile = 192, tile_overlap = 16;
+  double scale = 0;  // 0: the network's own scale
+};
+
+CLI::App* add_upscale_command(CLI::App& app, UpscaleArgs& a) {
+  auto* up = app.add_subcommand("upscale", "Upscale an image with an ESRGAN / Real-ESRGAN model (docs/UPSCALERS.md)");
+  up->add_option("--upscaler", a.upscaler,
+                 "model file, .safetensors or .pth (RRDBNet ESRGAN/Real-ESRGAN, SRVGGNetCompact)")
+      ->required();
+  up->add_option("--tile", a.tile, "tile size in input pixels (default 192; 0 = whole image at once)");
+  up->add_option("--tile-overlap", a.tile_overlap, "pixels neighbouring tiles share, blended (default 16)");
+  up->add_option("--scale", a.scale,
+                 "output scale (default: the model's); the model runs until the image is that large, then Lanczos");
+  up->add_option("IN", a.input, "input image (PNG, JPEG or WebP)")->required();
+  up->add_option("OUT", a.output, "output PNG")->required();
+  return up;
+}
+
+int cmd_upscale(const UpscaleArgs& a) {
+  const auto t0 = std::chrono::steady_clock::now();
+  SD_CHECK_ARG(a.tile >= 0, "--tile must be 0 (no tiling) or a positive number of pixels");
+  SD_CHECK_ARG(a.tile_overlap >= 0 && (a.tile == 0 || a.tile_overlap < a.tile),
+               "--tile-overlap must be at least 0 and smaller than --tile");
+  SD_CHECK_ARG(a.scale >= 0 && std::isfinite(a.scale), "--scale must be a positive number");
+  std::string ext = std::filesystem::path(a.output).extension().string();
+  for (char& ch : ext) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+  SD_CHECK_ARG(ext == ".png", "upscale: OUT must be a .png file (got " + a.output + ")");
+  if (!std::filesystem::is_regular_file(a.input)) throw sd::NotFoundError("upscale: no input image " + a.input);
+  std::ifstream in(a.input, std::ios::binary);
+  const std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (!in.good() && !in.eof()) throw sd::IoError("upscale: cannot read " + a.input);
+  sd::DecodedImage img;
+  try {
+    img = sd::to_rgb(sd::decode_image(bytes.data(), bytes.size()));  // alpha dropped, as PIL's convert("RGB")
+  } catch (const sd::InvalidArgument& e) {
+    throw sd::InvalidArgument("upscale: " + a.input + ": " + e.what());
+  }
+  const sd::Upscaler up = sd::Upscaler::open(a.upscaler);
+  const bool tty = isatty(STDERR_FILENO);
+  sd::UpscaleOptions opt;
+  opt.tile = a.tile;
+  opt.tile_overlap = a.tile_overlap;
+  opt.progress = [&](int done, int total) {
+    if (tty && total > 1) std::fprintf(stderr, "\rtile %d/%d ", done, total);
+    if (tty && total > 1 && done == total) std::fputc('\n', stderr);
+    return true;
+  };
+  const sd::Rgb8Image out = a.scale > 0 ? up.upscale_by(img.pixels.data(), img.width, img.height, a.scale, opt)
+                                        : up.upscale(img.pixels.data(), img.width, img.height, opt);
+  sd::write_png_file(a.output, out.rgb.data(), out.width, out.height, 3, {});
+  std::fprintf(stderr, "wrote %s (%dx%d, %s) in %.1fs\n", a.output.c_str(), out.width, out.height,
+               up.config().describe().c_str(),
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return 0;
+}
+
+struct ConvertArgs {
+  std::string input, output;
+};
+
+CLI::App* add_convert_command(CLI::App& app, ConvertArgs& a) {
+  auto* c = app.add_subcommand("convert",
+                               "Convert a PyTorch checkpoint (.pth/.pt/.ckpt) to .safetensors without running its "
+                               "pickle (docs/TORCH_CHECKPOINTS.md)");
+  c->add_option("IN", a.input, "checkpoint written by torch.save")->required();
+  c->add_option("OUT", a.output, "output .safetensors")->required();
+  return c;
+}
+
+// The safe reader interprets only tensors and dicts (no pickle code runs); nested dicts become dotted
+// names ("params_ema.conv_first.weight"), other values are dropped.
+int cmd_convert(const ConvertArgs& a) {
+  const sd::TorchTensors t = sd::load_torch_checkpoint_tensors(a.input);
+  if (t.tensors.empty())
+    throw sd::UnsupportedError("convert: " + a.input + " holds no tensors of a dtype sdserve can store");
+  sd::write_safetensors(a.output, t.tensors);
+  std::fprintf(stderr, "wrote %s: %zu tensors\n", a.output.c_str(), t.tensors.size());
+  if (!t.skipped.empty())
+    std::fprintf(stderr, "skipped %zu tensors of dtypes safetensors/sdserve lack (complex, quantized), e.g. %s\n",
+                 t.skipped.size(), t.skipped[0].c_str());
   return 0;
 }
 
@@ -267,6 +420,27 @@ int main(int argc, char** argv) {
                        "a diffusers scheduler_config.json to use instead of the model's own");
   generate->add_flag("--vae-tiling", gen.req.vae_tiling,
                      "decode in overlapping tiles (diffusers enable_tiling): bounded memory for large images");
+  generate->add_option("--init-image", gen.init_image, "img2img: start from this PNG/JPEG/WebP (docs/IMG2IMG.md)");
+  generate->add_option("--strength", gen.req.strength, "img2img denoising strength, (0, 1] (default 0.75)");
+  generate->add_option("--mask", gen.mask, "inpaint where this image is white (or opaque, for a transparent PNG)");
+  generate->add_option("--mask-blur", gen.mask_blur, "mask blur in pixels (default 4)");
+  generate->add_flag("--mask-invert", gen.mask_invert, "inpaint the black area instead");
+  generate->add_option("--inpaint-fill", gen.inpaint_fill,
+                       "masked content: original (default), fill, latent-noise, latent-nothing");
+  generate->add_flag("--only-masked", gen.only_masked, "inpaint only the masked area, at full resolution");
+  generate->add_option("--only-masked-padding", gen.only_masked_padding, "pixels around the mask (default 32)");
+  generate->add_option("--resize-mode", gen.resize_mode,
+                       "init image to the size: just resize (default), crop and resize, resize and fill");
+  generate->add_option("--outpaint", gen.outpaint, "extend the canvas by LEFT,RIGHT,TOP,BOTTOM pixels and paint it");
+  generate->add_option("--hires-scale", gen.req.hires.scale, "hires fix: upscale the txt2img image by this (e.g. 2)");
+  generate->add_option("--hires-width", gen.req.hires.width, "hires fix target width (instead of the scale)");
+  generate->add_option("--hires-height", gen.req.hires.height, "hires fix target height (instead of the scale)");
+  generate->add_option("--hires-upscaler", gen.req.hires.upscaler,
+                       "Latent (default), Latent (nearest), Latent (nearest-exact), Lanczos, Nearest");
+  generate->add_option("--upscaler-dir", gen.load.upscaler_dir,
+                       "folder of ESRGAN-family upscalers; their file stems are --hires-upscaler names");
+  generate->add_option("--hires-steps", gen.req.hires.steps, "second-pass steps (default: --steps)");
+  generate->add_option("--hires-denoise", gen.req.hires.denoise, "second-pass denoising strength (default 0.7)");
   generate->add_option("--output", gen.output, "FILE.png; batches: '{n}' in the name or FILE-N.png")->required();
   generate->add_option("--device", gen.device, "cpu (default) or cuda[:N]");
   generate->add_option("--embeddings-dir", gen.load.embeddings_dir,
@@ -278,6 +452,12 @@ int main(int argc, char** argv) {
   generate->add_option("--lora-dir", gen.load.lora_dir,
                        "folder of LoRAs that prompt tags <lora:NAME:WEIGHT> name (NAME.safetensors, searched "
                        "recursively)");
+
+  UpscaleArgs up_args;
+  auto* upscale = add_upscale_command(app, up_args);
+
+  ConvertArgs convert_args;
+  auto* convert = add_convert_command(app, convert_args);
 
   sd::server::ServeOptions so;
   std::string serve_device = "cpu", serve_dtype = "auto", api_key_file;
@@ -293,6 +473,8 @@ int main(int argc, char** argv) {
       ->envname("SDSERVE_CORS_ORIGIN");
   serve->add_option("--lora-dir", so.load.lora_dir, "folder of LoRAs for <lora:NAME:W> tags and \"loras\"")
       ->envname("SDSERVE_LORA_DIR");
+  serve->add_option("--upscaler-dir", so.load.upscaler_dir, "folder of ESRGAN-family upscalers (hr_upscaler names)")
+      ->envname("SDSERVE_UPSCALER_DIR");
   serve->add_option("--embeddings-dir", so.load.embeddings_dir, "textual-inversion embeddings folder")
       ->envname("SDSERVE_EMBEDDINGS_DIR");
   serve->add_option("--device", serve_device, "cpu (default) or cuda[:N]")->envname("SDSERVE_DEVICE");
@@ -306,6 +488,10 @@ int main(int argc, char** argv) {
   serve->add_option("--max-height", so.limits.max_height, "largest height (default 2048)")
       ->envname("SDSERVE_MAX_HEIGHT");
   serve->add_option("--max-steps", so.limits.max_steps, "most steps (default 150)")->envname("SDSERVE_MAX_STEPS");
+  serve->add_option("--max-image-side", so.limits.max_image_side, "largest init image/mask side (default 8192)")
+      ->envname("SDSERVE_MAX_IMAGE_SIDE");
+  serve->add_option("--max-image-pixels", so.limits.max_image_pixels, "largest init image/mask (default 4096*4096)")
+      ->envname("SDSERVE_MAX_IMAGE_PIXELS");
   serve->add_option("--max-batch", so.limits.max_batch, "largest batch (default 8)")->envname("SDSERVE_MAX_BATCH");
   serve->add_option("--keep-jobs", so.keep_finished, "finished jobs kept for fetching (default 256)")
       ->envname("SDSERVE_KEEP_JOBS");
@@ -328,7 +514,15 @@ int main(int argc, char** argv) {
     if (*inspect) return cmd_inspect(inspect_path, inspect_json);
     if (*tokenize) return cmd_tokenize(tok_model, tok_stdin, tok_text);
     if (*encode) return cmd_encode(enc_model, enc_text, enc_skip, enc_out);
-    if (*generate) return cmd_generate(gen);
+    if (*generate) {
+      gen.size_given = generate->count("--width") + generate->count("--height") > 0;
+      for (const char* f :
+           {"--hires-scale", "--hires-width", "--hires-height", "--hires-upscaler", "--hires-steps", "--hires-denoise"})
+        if (generate->count(f) > 0) gen.req.hires.enabled = true;
+      return cmd_generate(gen);
+    }
+    if (*upscale) return cmd_upscale(up_args);
+    if (*convert) return cmd_convert(convert_args);
     if (*serve) {
       so.load.device = sd::parse_device(serve_device);
       so.load.dtype = compute_dtype(serve_dtype, so.load.device);
