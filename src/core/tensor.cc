@@ -168,6 +168,9 @@ int64_t Tensor::size(int64_t d) const {
 }
 
 bool Tensor::is_contiguous() const {
+  // No elements: any strides address nothing (torch says contiguous too).
+  for (int64_t d : shape_)
+    if (d == 0) return true;
   int64_t acc = 1;
   for (size_t i = shape_.size(); i-- > 0;) {
     if (shape_[i] != 1 && strides_[i] != acc) return false;

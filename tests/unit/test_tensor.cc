@@ -114,3 +114,17 @@ TEST(Device, CudaRoundTrip) {
 
 }  // namespace
 }  // namespace sdserve::test
+
+namespace sdserve {
+namespace {
+
+// A tensor with a zero-sized dimension addresses nothing, so it is contiguous whatever its strides
+// (as torch says); empty() makes its strides with zero dimensions counted as 1.
+TEST(Tensor, EmptyShapesAreContiguous) {
+  EXPECT_TRUE(Tensor::empty({4, 0, 3}, DType::F32).is_contiguous());
+  EXPECT_TRUE(Tensor::empty({0}, DType::F32).is_contiguous());
+  EXPECT_EQ(Tensor::empty({4, 0, 3}, DType::F32).numel(), 0);
+}
+
+}  // namespace
+}  // namespace sdserve
