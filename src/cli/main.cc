@@ -19,6 +19,7 @@
 #include "io/infotext.h"
 #include "io/model_files.h"
 #include "io/png.h"
+#include "io/resize.h"
 #include "io/safetensors.h"
 #include "io/torch_checkpoint.h"
 #include "models/loader.h"
@@ -202,6 +203,7 @@ std::optional<sd::PreparedImg2Img> prepare_image_inputs(GenerateArgs& a) {
   a.req.init_image = prep.init;
   a.req.mask = prep.mask;
   a.req.masked_content = prep.masked_content;
+  a.req.init_latent_resize = prep.latent_resize;
   return prep;
 }
 
@@ -276,7 +278,7 @@ int cmd_generate(GenerateArgs& a) {
 }
 
 struct UpscaleArgs {
-  std::string upscaler, input, output;
+  std::string upscaler, input, output, upscaler_dir;
   int tile = 192, tile_overlap = 16;
   double scale = 0;  // 0: the network's own scale
 };
@@ -284,8 +286,10 @@ struct UpscaleArgs {
 CLI::App* add_upscale_command(CLI::App& app, UpscaleArgs& a) {
   auto* up = app.add_subcommand("upscale", "Upscale an image with an ESRGAN / Real-ESRGAN model (docs/UPSCALERS.md)");
   up->add_option("--upscaler", a.upscaler,
-                 "model file, .safetensors or .pth (RRDBNet ESRGAN/Real-ESRGAN, SRVGGNetCompact)")
+                 "Lanczos or Nearest (model-free, need --scale), a model file (.safetensors or .pth: RRDBNet "
+                 "ESRGAN/Real-ESRGAN, SRVGGNetCompact) or a model's name in --upscaler-dir")
       ->required();
+  up->add_option("--upscaler-dir", a.upscaler_dir, "folder of upscaler models, found by file stem");
   up->add_option("--tile", a.tile, "tile size in input pixels (default 192; 0 = whole image at once)");
   up->add_option("--tile-overlap", a.tile_overlap, "pixels neighbouring tiles share, blended (default 16)");
   up->add_option("--scale", a.scale,
@@ -314,7 +318,36 @@ int cmd_upscale(const UpscaleArgs& a) {
   } catch (const sd::InvalidArgument& e) {
     throw sd::InvalidArgument("upscale: " + a.input + ": " + e.what());
   }
-  const sd::Upscaler up = sd::Upscaler::open(a.upscaler);
+  std::string lname = a.upscaler;
+  for (char& ch : lname) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+  if (lname == "lanczos" || lname == "nearest") {
+    // A1111's model-free upscalers: Image.resize((int(w * scale), int(h * scale)), LANCZOS / NEAREST).
+    SD_CHECK_ARG(a.scale > 0, "--upscaler " + a.upscaler + " needs --scale (for example --scale 2)");
+    const double w = std::floor(img.width * a.scale), h = std::floor(img.height * a.scale);
+    SD_CHECK_ARG(w >= 1 && h >= 1 && w <= 16384 && h <= 16384,
+                 "--scale " + std::to_string(a.scale) + " makes the image " + std::to_string(int64_t(w)) + "x" +
+                     std::to_string(int64_t(h)) + ": it must be 1 to 16384 pixels a side");
+    const std::vector<uint8_t> px =
+        sd::resize_image(img.pixels.data(), img.width, img.height, 3, int(w), int(h),
+                         lname == "lanczos" ? sd::ResizeFilter::Lanczos : sd::ResizeFilter::Nearest);
+    sd::write_png_file(a.output, px.data(), int(w), int(h), 3, {});
+    std::fprintf(stderr, "wrote %s (%dx%d, %s) in %.1fs\n", a.output.c_str(), int(w), int(h), a.upscaler.c_str(),
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    return 0;
+  }
+  std::string path = a.upscaler;
+  if (!a.upscaler_dir.empty() && !std::filesystem::is_regular_file(path)) {
+    if (!std::filesystem::is_directory(a.upscaler_dir))
+      throw sd::NotFoundError("--upscaler-dir " + a.upscaler_dir + " is not a folder");
+    for (const char* e : {".safetensors", ".pth", ".pt"}) {
+      const auto p = std::filesystem::path(a.upscaler_dir) / (a.upscaler + e);
+      if (a.upscaler.find('/') == std::string::npos && std::filesystem::is_regular_file(p)) {
+        path = p.string();
+        break;
+      }
+    }
+  }
+  const sd::Upscaler up = sd::Upscaler::open(path);
   const bool tty = isatty(STDERR_FILENO);
   sd::UpscaleOptions opt;
   opt.tile = a.tile;

@@ -226,9 +226,11 @@ ResizeMode parse_resize_mode(const std::string& s) {
   if (v == "0" || v == "just resize" || v == "just_resize" || v == "resize") return ResizeMode::JustResize;
   if (v == "1" || v == "crop and resize" || v == "crop_and_resize" || v == "crop") return ResizeMode::CropAndResize;
   if (v == "2" || v == "resize and fill" || v == "resize_and_fill" || v == "fill") return ResizeMode::ResizeAndFill;
-  if (v == "3" || v.find("latent") != std::string::npos)
-    throw UnsupportedError("resize mode \"" + s + "\" (latent upscale) is not supported; use just resize");
-  throw InvalidArgument("unknown resize mode \"" + s + "\": use just resize, crop and resize or resize and fill");
+  if (v == "3" || v == "latent upscale" || v == "latent_upscale" || v == "latent" ||
+      v == "just resize (latent upscale)")
+    return ResizeMode::LatentUpscale;
+  throw InvalidArgument("unknown resize mode \"" + s +
+                        "\": use just resize, crop and resize, resize and fill or latent upscale");
 }
 
 OutpaintMargins parse_outpaint(const std::string& s) {
@@ -257,6 +259,7 @@ OutpaintMargins parse_outpaint(const std::string& s) {
 RgbImage resize_rgb(const RgbImage& im, int width, int height, ResizeMode mode) {
   SD_CHECK_ARG(im.width > 0 && im.height > 0 && width > 0 && height > 0, "resize: empty image or size");
   if (mode == ResizeMode::JustResize) return lanczos(im, width, height);
+  if (mode == ResizeMode::LatentUpscale) mode = ResizeMode::ResizeAndFill;  // A1111's resize_image: not 0/1
   const double ratio = double(width) / double(height), src_ratio = double(im.width) / double(im.height);
   int src_w, src_h;
   if (mode == ResizeMode::CropAndResize) {
@@ -328,6 +331,16 @@ PreparedImg2Img prepare_img2img(const DecodedImage& image, const DecodedImage* m
   }
   prep.masked_content = opt.masked_content.value_or(opt.outpaint.any() ? MaskedContent::Fill : MaskedContent::Original);
 
+  if (opt.resize_mode == ResizeMode::LatentUpscale) {
+    // The image keeps its size (rounded down to a multiple of 8 for the VAE); the engine resizes
+    // its latents.
+    SD_CHECK_ARG(!mask, "latent upscale (resize mode 3) is for img2img without a mask or outpaint");
+    SD_CHECK_ARG(img.width >= 8 && img.height >= 8 && img.width <= 8192 && img.height <= 8192,
+                 "init image for latent upscale must be 8 to 8192 pixels a side");
+    prep.init = std::make_shared<RgbImage>(lanczos(img, img.width / 8 * 8, img.height / 8 * 8));
+    prep.latent_resize = true;
+    return prep;
+  }
   if (!mask) {
     prep.init = std::make_shared<RgbImage>(resize_rgb(img, width, height, opt.resize_mode));
     return prep;

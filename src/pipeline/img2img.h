@@ -4,7 +4,7 @@
 // a mask of exactly the request's size):
 //   - alpha flattened onto a background colour; an RGBA mask with transparency uses its alpha;
 //   - resize modes: just resize, crop and resize, resize and fill (Lanczos, as A1111 without an
-//     img2img upscaler);
+//     img2img upscaler), latent upscale;
 //   - mask: inverted on request, blurred (cv2 Gaussian, A1111's kernel size), binarized by the
 //     engine at 128; the blurred mask is kept to paste the result over the original, so pixels
 //     outside the mask come back unchanged and the seam is soft;
@@ -25,9 +25,12 @@
 
 namespace sdserve {
 
-enum class ResizeMode { JustResize = 0, CropAndResize = 1, ResizeAndFill = 2 };
+// LatentUpscale (A1111's "just resize (latent upscale)"): the image is encoded at its own size
+// (rounded down to a multiple of 8) and its latents resized; img2img without a mask only.
+enum class ResizeMode { JustResize = 0, CropAndResize = 1, ResizeAndFill = 2, LatentUpscale = 3 };
 
-// "just resize" / "crop and resize" / "resize and fill" (any case, also 0-2); throws InvalidArgument.
+// "just resize" / "crop and resize" / "resize and fill" / "latent upscale" (any case, also 0-3);
+// throws InvalidArgument.
 ResizeMode parse_resize_mode(const std::string& s);
 
 struct OutpaintMargins {
@@ -53,6 +56,7 @@ struct Img2ImgOptions {
 struct PreparedImg2Img {
   std::shared_ptr<const RgbImage> init;   // width x height
   std::shared_ptr<const GrayImage> mask;  // width x height, or null (plain img2img)
+  bool latent_resize = false;             // LatentUpscale: `init` keeps its size (GenerateRequest::init_latent_resize)
   MaskedContent masked_content = MaskedContent::Original;
   // Overlay: the original (after resizing, or the whole canvas for only-masked) and the blurred mask;
   // results are composited over it. Empty without a mask.

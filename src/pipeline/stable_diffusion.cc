@@ -293,10 +293,18 @@ void validate_request(const GenerateRequest& r) {
                              (c.items.empty() ? std::string() : c.items[0]) + ">)");
   if (r.init_image) {
     const RgbImage& im = *r.init_image;
-    SD_CHECK_ARG(im.width == r.width && im.height == r.height,
-                 "init image is " + std::to_string(im.width) + "x" + std::to_string(im.height) +
-                     " but the request is " + std::to_string(r.width) + "x" + std::to_string(r.height) +
-                     ": resize it first (pipeline/img2img.h)");
+    if (r.init_latent_resize) {
+      SD_CHECK_ARG(!r.mask, "latent upscale (resize mode 3) is for img2img without a mask");
+      SD_CHECK_ARG(im.width >= 8 && im.height >= 8 && im.width <= 8192 && im.height <= 8192 && im.width % 8 == 0 &&
+                       im.height % 8 == 0,
+                   "init image for latent upscale must be 8 to 8192 pixels a side, multiples of 8; got " +
+                       std::to_string(im.width) + "x" + std::to_string(im.height));
+    } else {
+      SD_CHECK_ARG(im.width == r.width && im.height == r.height,
+                   "init image is " + std::to_string(im.width) + "x" + std::to_string(im.height) +
+                       " but the request is " + std::to_string(r.width) + "x" + std::to_string(r.height) +
+                       ": resize it first (pipeline/img2img.h)");
+    }
     SD_CHECK_ARG(im.pixels.size() == size_t(im.width) * size_t(im.height) * 3, "init image: wrong number of pixels");
     SD_CHECK_ARG(std::isfinite(r.strength) && r.strength > 0 && r.strength <= 1,
                  "strength (denoising strength) must be in (0, 1], got " + std::to_string(r.strength));
@@ -658,6 +666,8 @@ Tensor StableDiffusion::sample(const GenerateRequest& req, const std::vector<int
       image_latents = in.latents->clone();
     else if (!masked || !inpaint_model || !full_strength)
       image_latents = sample_latents(init, req.vae_tiling, noise, n);
+    if (image_latents.defined() && (image_latents.size(2) != lh || image_latents.size(3) != lw))
+      image_latents = interpolate_latents(image_latents, lh, lw, 0);  // latent upscale: bilinear
     if (req.mask && image_latents.defined() &&
         (req.masked_content == MaskedContent::LatentNoise || req.masked_content == MaskedContent::LatentNothing)) {
       // A1111's latent noise / latent nothing: the masked area's latents become fresh noise from

@@ -130,7 +130,10 @@ struct GenerateRequest {
   // and the masked image's latents as extra UNet input. A 9-channel model without a mask repaints
   // everything (txt2img on it: a gray image and a white mask, as A1111 does).
   std::shared_ptr<const GrayImage> mask;
-  double strength = 0.75;                                  // denoising strength, (0, 1]; with init_image only
+  double strength = 0.75;  // denoising strength, (0, 1]; with init_image only
+  // A1111's resize mode 3 ("just resize (latent upscale)"): init_image keeps its own size (a
+  // multiple of 8) and its latents are resized (bilinear) to the request's. img2img without a mask.
+  bool init_latent_resize = false;
   MaskedContent masked_content = MaskedContent::Original;  // with a mask
   HiresFix hires;                                          // txt2img only
 };

@@ -228,6 +228,7 @@ ParsedRequest parse_generate_request(const json& body, const RequestLimits& lim)
     r.init_image = prep->init;
     r.mask = prep->mask;
     r.masked_content = prep->masked_content;
+    r.init_latent_resize = prep->latent_resize;
     p.prep = prep;
     p.type = "img2img";
   }

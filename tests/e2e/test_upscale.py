@@ -80,3 +80,26 @@ def test_upscale_bad_input(run, tmp_path):
         assert p.returncode == code, (args, line)
         assert needle in line, (args, line)
     assert not out.exists()
+
+
+def test_model_free_upscalers_and_names(run, tmp_path):
+    """Lanczos/Nearest need no model (A1111's: Image.resize by the scale); models are found by name
+    in --upscaler-dir."""
+    from conftest import decode_png
+    src = FIXTURES / "upscalers" / "input.png"
+    out = tmp_path / "out.png"
+    p = run("upscale", "--upscaler", "Lanczos", "--scale", "2", src, out)
+    assert p.returncode == 0, p.stderr
+    w0, h0, _, _, _ = decode_png(src)
+    w, h, _, _, _ = decode_png(out)
+    assert (w, h) == (w0 * 2, h0 * 2)
+    p = run("upscale", "--upscaler", "Nearest", "--scale", "1.5", src, out)
+    assert p.returncode == 0, p.stderr
+    assert decode_png(out)[:2] == (int(w0 * 1.5), int(h0 * 1.5))
+    p = run("upscale", "--upscaler", "compact-x4", "--upscaler-dir", FIXTURES / "upscalers", src, out)
+    assert p.returncode == 0, p.stderr
+    assert decode_png(out)[:2] == (w0 * 4, h0 * 4)
+    p = run("upscale", "--upscaler", "Lanczos", src, out)
+    assert p.returncode == 2 and "--scale" in p.stderr.decode()
+    p = run("upscale", "--upscaler", "Lanczos", "--scale", "1000", src, out)
+    assert p.returncode == 2 and "16384" in p.stderr.decode()

@@ -345,6 +345,26 @@ TEST(HiresFix, EsrganUpscalerFromTheFolder) {
   EXPECT_THROW(sd->generate(h), NotFoundError);
 }
 
+// Resize mode 3: a 16x16 init image's latents resized to a 32x32 request. At the request's own
+// size it is plain img2img.
+TEST(HiresFix, Img2ImgLatentResize) {
+  const SafeTensorsFile& g = golden_file("sd1-tiny");
+  const StableDiffusion& sd = model_for("sd1-tiny", "diffusers");
+  GenerateRequest r = case_request(g, {"sd1-tiny", "diffusers", "", "img2img", "Euler", "Automatic", 5, 0.6, 1});
+  const auto plain = sd.generate(r);
+  r.init_latent_resize = true;
+  EXPECT_EQ(sd.generate(r)[0].rgb, plain[0].rgb);
+  auto small = std::make_shared<RgbImage>();
+  small->width = small->height = 16;
+  small->pixels = resize_image(r.init_image->pixels.data(), 32, 32, 3, 16, 16, ResizeFilter::Lanczos);
+  r.init_image = small;
+  const auto up = sd.generate(r);
+  EXPECT_EQ(up[0].width, 32);
+  EXPECT_EQ(up[0].height, 32);
+  r.init_latent_resize = false;
+  EXPECT_THROW(sd.generate(r), InvalidArgument);  // a 16x16 image for a 32x32 request
+}
+
 TEST(HiresFix, LatentUpscaleAndValidation) {
   const SafeTensorsFile& g = golden_file("sd1-tiny");
   const StableDiffusion& sd = model_for("sd1-tiny", "diffusers");

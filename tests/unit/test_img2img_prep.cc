@@ -105,8 +105,12 @@ TEST(Img2ImgPrep, OverlayKeepsPixelsOutsideTheMask) {
       const bool far = x < 2 || x >= 27 || y < 2 || y >= 27;
       const bool inside = x >= 12 && x < 16 && y >= 12 && y < 16;
       const size_t k = (size_t(y) * 32 + size_t(x)) * 3;
-      if (far) ASSERT_EQ(out.rgb[k], orig.pixels[k]) << x << "," << y;
-      if (inside) ASSERT_EQ(out.rgb[k], 0) << x << "," << y;
+      if (far) {
+        ASSERT_EQ(out.rgb[k], orig.pixels[k]) << x << "," << y;
+      }
+      if (inside) {
+        ASSERT_EQ(out.rgb[k], 0) << x << "," << y;
+      }
     }
 }
 
@@ -212,10 +216,23 @@ TEST(Img2ImgPrep, FillTakesSurroundingColours) {
   EXPECT_LT(c[1], 40);
 }
 
+// Latent upscale keeps the image's size (down to a multiple of 8); the engine resizes the latents.
+TEST(Img2ImgPrep, LatentUpscaleKeepsTheImageSize) {
+  Img2ImgOptions o;
+  o.resize_mode = ResizeMode::LatentUpscale;
+  const PreparedImg2Img p = prepare_img2img(decoded(pattern(20, 17)), nullptr, 64, 64, o);
+  EXPECT_TRUE(p.latent_resize);
+  EXPECT_EQ(p.init->width, 16);
+  EXPECT_EQ(p.init->height, 16);
+  const DecodedImage m = gray_mask(20, 17, 0, 0, 4, 4);
+  EXPECT_THROW(prepare_img2img(decoded(pattern(20, 17)), &m, 64, 64, o), InvalidArgument);
+}
+
 TEST(Img2ImgPrep, ParseResizeMode) {
   EXPECT_EQ(parse_resize_mode("Crop and resize"), ResizeMode::CropAndResize);
   EXPECT_EQ(parse_resize_mode("2"), ResizeMode::ResizeAndFill);
-  EXPECT_THROW(parse_resize_mode("3"), UnsupportedError);
+  EXPECT_EQ(parse_resize_mode("3"), ResizeMode::LatentUpscale);
+  EXPECT_EQ(parse_resize_mode("Just resize (latent upscale)"), ResizeMode::LatentUpscale);
   EXPECT_THROW(parse_resize_mode("stretch"), InvalidArgument);
 }
 

@@ -210,7 +210,9 @@ TEST(UpscaleTiles, A1111Layout) {
   ASSERT_EQ(spans.size(), 6u);  // ceil(984 / 176)
   for (size_t i = 0; i < spans.size(); ++i) {
     EXPECT_EQ(spans[i].end - spans[i].begin, 192);
-    if (i) EXPECT_GE(spans[i - 1].end - spans[i].begin, 16);
+    if (i > 0) {
+      EXPECT_GE(spans[i - 1].end - spans[i].begin, 16);
+    }
   }
   EXPECT_EQ(spans.back().end, 1000);
   // Fits in one tile, or no tiling.
@@ -222,7 +224,9 @@ TEST(UpscaleTiles, A1111Layout) {
   ASSERT_GT(spans.size(), 1u);
   for (size_t i = 0; i < spans.size(); ++i) {
     EXPECT_EQ(spans[i].begin % 4, 0);
-    if (i) EXPECT_LE(spans[i].begin, spans[i - 1].end);
+    if (i > 0) {
+      EXPECT_LE(spans[i].begin, spans[i - 1].end);
+    }
   }
   EXPECT_EQ(spans.back().end, 103);
 }
