@@ -268,29 +268,22 @@ int serve(const ServeOptions& opt) {
     }
   });
 
-  // The seed's route: JSON in, PNG out, synchronously (through the same queue).
-  srv.Post("/txt2img", [&](const httplib::Request& req, httplib::Response& res) {
-    ParsedRequest p = parse(req);
-    if (p.type != "txt2img") throw InvalidArgument("/txt2img takes no init image: use /img2img");
-    auto job = submit(p, res);
-    if (!job) return;
-    wait_done(job);
-    auto lk = jobs.lock();
-    if (job->status != JobStatus::Succeeded) return send_job_error(*job, res);
-    res.set_content(std::string(job->pngs[0].begin(), job->pngs[0].end()), "image/png");
-  });
-
-  // The seed's second route: the same body plus "init_image" (base64), PNG out.
-  srv.Post("/img2img", [&](const httplib::Request& req, httplib::Response& res) {
-    ParsedRequest p = parse(req);
-    if (p.type != "img2img") throw InvalidArgument("field 'init_image' (a base64 PNG, JPEG or WebP) is required");
-    auto job = submit(p, res);
-    if (!job) return;
-    wait_done(job);
-    auto lk = jobs.lock();
-    if (job->status != JobStatus::Succeeded) return send_job_error(*job, res);
-    res.set_content(std::string(job->pngs[0].begin(), job->pngs[0].end()), "image/png");
-  });
+  // The seed's routes: JSON in, the first image's PNG out, synchronously (through the same queue).
+  const auto seed_route = [&](const char* type, const char* wrong_type) {
+    return [&, type, wrong_type](const httplib::Request& req, httplib::Response& res) {
+      ParsedRequest p = parse(req);
+      if (p.type != type) throw InvalidArgument(wrong_type);
+      auto job = submit(p, res);
+      if (!job) return;
+      wait_done(job);
+      auto lk = jobs.lock();
+      if (job->status != JobStatus::Succeeded) return send_job_error(*job, res);
+      res.set_content(std::string(job->pngs[0].begin(), job->pngs[0].end()), "image/png");
+    };
+  };
+  srv.Post("/txt2img", seed_route("txt2img", "/txt2img takes no init image: use /img2img"));
+  // The same body plus "init_image" (base64).
+  srv.Post("/img2img", seed_route("img2img", "field 'init_image' (a base64 PNG, JPEG or WebP) is required"));
 
   srv.Post("/v1/jobs", [&](const httplib::Request& req, httplib::Response& res) {
     const ParsedRequest p = parse(req);

@@ -25,6 +25,15 @@ def run(sdserve_bin):
     return _run
 
 
+def one_error_line(proc):
+    """The CLI's failure contract: non-zero exit and exactly one line "sdserve: error: ..." on stderr."""
+    assert proc.returncode != 0
+    lines = proc.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("sdserve: error: ")
+    return lines[0]
+
+
 def write_safetensors(path, tensors, metadata=None):
     """Writes a safetensors file from {name: (dtype, shape)} with zero data (test stand-ins)."""
     import json

@@ -2,17 +2,9 @@
 import json
 import os
 
-from conftest import FIXTURES, write_safetensors
+from conftest import FIXTURES, one_error_line, write_safetensors
 
 MODELS = FIXTURES / "models"
-
-
-def one_error_line(proc):
-    assert proc.returncode != 0
-    lines = proc.stderr.decode().strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("sdserve: error: ")
-    return lines[0]
 
 
 def test_help_lists_subcommands(run):

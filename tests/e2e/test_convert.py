@@ -1,18 +1,10 @@
 """`sdserve convert IN.pth OUT.safetensors`: PyTorch checkpoints to safetensors, never running pickle code."""
 import os
 
-from conftest import FIXTURES, read_safetensors
+from conftest import FIXTURES, one_error_line, read_safetensors
 
 TORCH = FIXTURES / "torch"
 MARKER = "/tmp/sdserve-torch-hostile-marker"  # what the hostile fixtures would write if executed
-
-
-def one_error_line(proc):
-    assert proc.returncode != 0
-    lines = proc.stderr.decode().strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("sdserve: error: ")
-    return lines[0]
 
 
 def test_help_lists_convert(run):

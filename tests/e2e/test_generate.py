@@ -2,21 +2,13 @@
 tools/make_txt2img_goldens.py) within 2/255, carries A1111 parameters, and bad input fails fast."""
 import pytest
 
-from conftest import FIXTURES, decode_png, read_safetensors
+from conftest import FIXTURES, decode_png, one_error_line, read_safetensors
 
 MODELS = FIXTURES / "models"
 GOLDEN = FIXTURES / "golden" / "txt2img"
 LORA = FIXTURES / "lora"
 LORA_GOLDEN = FIXTURES / "golden" / "lora"
 CASES = ["Euler a|Automatic", "DPM++ 2M|Karras", "DDIM|Automatic", "UniPC|SGM Uniform"]
-
-
-def one_error_line(proc):
-    assert proc.returncode != 0
-    lines = proc.stderr.decode().strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("sdserve: error: ")
-    return lines[0]
 
 
 def generate_args(model, out, meta, sampler="Euler", schedule="Automatic", **over):

@@ -4,18 +4,10 @@ matches StableDiffusionInpaintPipeline inside the mask and keeps the original ou
 overlay); bad images and options fail with one line."""
 import pytest
 
-from conftest import FIXTURES, decode_png, encode_png, read_safetensors
+from conftest import FIXTURES, decode_png, encode_png, one_error_line, read_safetensors
 
 MODELS = FIXTURES / "models"
 GOLDEN = FIXTURES / "golden" / "img2img"
-
-
-def one_error_line(proc):
-    assert proc.returncode != 0
-    lines = proc.stderr.decode().strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("sdserve: error: ")
-    return lines[0]
 
 
 def golden(model):

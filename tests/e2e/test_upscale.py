@@ -3,18 +3,10 @@ tools/make_upscaler_fixtures.py) within 1/255, tiling and --scale work, and bad 
 line with a non-zero exit."""
 import pytest
 
-from conftest import FIXTURES, decode_png, read_safetensors
+from conftest import FIXTURES, decode_png, one_error_line, read_safetensors
 
 UPSCALERS = FIXTURES / "upscalers"
 INPUT = UPSCALERS / "input.png"
-
-
-def one_error_line(proc):
-    assert proc.returncode != 0
-    lines = proc.stderr.decode().strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("sdserve: error: ")
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
