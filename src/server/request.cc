@@ -157,17 +157,19 @@ ParsedRequest parse_generate_request(const json& body, const RequestLimits& lim)
     } else if (key == "mask" || key == "mask_image") {
       mask = get_image(v, key, lim);
     } else if (key == "denoising_strength" || key == "strength") {
-      denoise = double(get_float(v, key));
-      denoise = v.get<double>();  // as sent: 0.6 stays 0.6 in the answer
+      get_float(v, key);          // the checks: a finite number
+      denoise = v.get<double>();  // as sent: 0.6 stays 0.6 in the answer (not float(0.6))
     } else if (key == "resize_mode") {
       io.resize_mode =
           parse_resize_mode(v.is_string() ? get_string(v, key, 32) : std::to_string(get_int(v, key, 0, 3)));
     } else if (key == "mask_blur") {
-      io.mask_blur_x = io.mask_blur_y = double(get_int(v, key, 0, 256));
+      // 64 as in A1111's UI: the cv2 kernel grows with the blur, so larger values from an untrusted
+      // body would cost minutes of CPU on a large image.
+      io.mask_blur_x = io.mask_blur_y = double(get_int(v, key, 0, 64));
     } else if (key == "mask_blur_x") {
-      io.mask_blur_x = double(get_int(v, key, 0, 256));
+      io.mask_blur_x = double(get_int(v, key, 0, 64));
     } else if (key == "mask_blur_y") {
-      io.mask_blur_y = double(get_int(v, key, 0, 256));
+      io.mask_blur_y = double(get_int(v, key, 0, 64));
     } else if (key == "inpainting_fill") {
       io.masked_content = MaskedContent(get_int(v, key, 0, 3));
     } else if (key == "inpaint_full_res") {

@@ -290,6 +290,7 @@ def test_queue_full_is_429_with_retry_after(server):
     ({"prompt": "x", "mask": TINY_PNG_B64}, 400, "needs an init image"),
     ({"prompt": "x", "init_image": TINY_PNG_B64, "denoising_strength": 2}, 400, "strength"),
     ({"prompt": "x", "init_image": TINY_PNG_B64, "resize_mode": 7}, 400, "resize_mode"),
+    ({"prompt": "x", "init_image": TINY_PNG_B64, "mask_blur": 65}, 400, "'mask_blur' must be between 0 and 64"),
     ({"prompt": "x", "init_image": TINY_PNG_B64, "outpaint": {"left": -1}}, 400, "outpaint.left"),
     ({"prompt": "x", "enable_hr": True, "hr_scale": 100}, 400, "hr_scale"),
     ({"prompt": "x", "enable_hr": True, "hr_upscaler": "4x-Bogus"}, 404, "Lanczos"),
