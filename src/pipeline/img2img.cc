@@ -4,6 +4,7 @@
 #include <cctype>
 #include <cmath>
 #include <sstream>
+#include <type_traits>
 
 #include "core/error.h"
 #include "io/image.h"
@@ -37,21 +38,15 @@ RgbImage paste_onto_black(const RgbImage& src, int w, int h, int x, int y) {
   return out;
 }
 
-RgbImage lanczos(const RgbImage& im, int w, int h) {
+// Pillow's Lanczos resize of an RgbImage (3 channels) or GrayImage (1).
+template <class Img>
+Img lanczos(const Img& im, int w, int h) {
   if (im.width == w && im.height == h) return im;
-  RgbImage out;
+  constexpr int channels = std::is_same_v<Img, RgbImage> ? 3 : 1;
+  Img out;
   out.width = w;
   out.height = h;
-  out.pixels = resize_image(im.pixels.data(), im.width, im.height, 3, w, h, ResizeFilter::Lanczos);
-  return out;
-}
-
-GrayImage lanczos(const GrayImage& im, int w, int h) {
-  if (im.width == w && im.height == h) return im;
-  GrayImage out;
-  out.width = w;
-  out.height = h;
-  out.pixels = resize_image(im.pixels.data(), im.width, im.height, 1, w, h, ResizeFilter::Lanczos);
+  out.pixels = resize_image(im.pixels.data(), im.width, im.height, channels, w, h, ResizeFilter::Lanczos);
   return out;
 }
 
