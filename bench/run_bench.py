@@ -432,12 +432,14 @@ SIDES = {  # key -> table label
     "sdserve": "sdserve",
     "eager": "diffusers eager",
     "compile": "diffusers compile",
+    "nograph": "sdserve no graphs",  # SDSERVE_CUDA_GRAPHS=0: what the CUDA graphs are worth
+    "profile": "sdserve profile",    # SDSERVE_PROFILE=1, UNet step + VAE decode only: the per-op split
 }
 # Fields of each side's JSON kept in the summary (the lists too: they show the spread).
 KEEP = ("it_s", "e2e_s_per_image", "unet_median_s", "vae_median_s", "unet_s", "vae_s", "e2e_s", "e2e_unet_s",
         "e2e_vae_s", "gpu_peak_mb", "gpu_peak_allocated_mb", "gpu_workspace_mb", "gpu_used_mb",
         "driver_allocs_after_warmup", "driver_allocs_after_timed", "load_s", "wall_s", "dtype", "compile",
-        "compile_s", "attention", "init_noise_sigma", "e2e_finite")
+        "compile_s", "attention", "init_noise_sigma", "e2e_finite", "profile")
 
 
 def max_abs_diff(xs, ys) -> float | None:
@@ -481,8 +483,14 @@ def main_gpu(a) -> int:
         common = ["--model", a.cache, "--inputs", inputs, "--output", out, "--mode", "both", "--batch", str(b),
                   "--steps", str(a.steps), "--cfg", str(a.cfg), "--repeat", str(repeat),
                   "--e2e-repeat", str(a.e2e_repeat), "--warmup", str(a.warmup), "--threads", str(a.threads)]
-        if side == "sdserve":
+        if side in ("sdserve", "nograph"):
             return [a.bin, *common, "--device", torch_dev, "--dtype", a.dtype]
+        if side == "profile":
+            mode = common.index("--mode") + 1
+            rep = common.index("--repeat") + 1
+            cmd = list(common)
+            cmd[mode], cmd[rep] = "step", "3"
+            return [a.bin, *cmd, "--device", torch_dev, "--dtype", a.dtype]
         cmd = [*ref_py, *common, "--device", torch_dev, "--dtype", a.ref_dtype]
         if side == "eager":  # the float32 yardstick at the first batch only (it loads the f32 models)
             return cmd + ([] if a.no_f32_ref or b != batches[0] else ["--f32-ref"])
@@ -499,13 +507,18 @@ def main_gpu(a) -> int:
         out = os.path.join(work, f"{side}-b{b}.safetensors")
         what = f"batch {b}: {SIDES[side]}"
         left = remaining()
-        if side == "sdserve" and not os.access(a.bin, os.X_OK):
+        side_env = dict(env)
+        if side == "nograph":
+            side_env["SDSERVE_CUDA_GRAPHS"] = "0"
+        if side == "profile":
+            side_env["SDSERVE_PROFILE"] = "1"
+        if side in ("sdserve", "nograph", "profile") and not os.access(a.bin, os.X_OK):
             j, err = None, f"{a.bin} not found (build it with -DSDSERVE_WITH_CUDA=ON, or pass --bin)"
         elif left < 30:
             j, err = None, "skipped: --deadline reached"
         else:
             limit = a.compile_timeout if side == "compile" else a.timeout
-            j, err = run_soft(side_cmd(side, b, inputs, out), env, what, min(limit, left))
+            j, err = run_soft(side_cmd(side, b, inputs, out), side_env, what, min(limit, left))
         if j is not None and str(j.get("compile", "")).startswith("failed: "):
             err, j = "torch.compile " + j["compile"], None
         entry = {k: j.get(k) for k in KEEP if k in j} if j is not None else {}
@@ -515,8 +528,9 @@ def main_gpu(a) -> int:
         else:
             entry["_out"] = out
             its, spi, peak = j.get("it_s"), j.get("e2e_s_per_image"), j.get("gpu_peak_mb")
-            log(f"run_bench: {what}: {its or 0:.2f} it/s, {spi or 0:.3f} s/image, "
-                f"peak {peak or 0:.0f} MiB ({j['wall_s']:.0f} s)")
+            if side != "profile":
+                log(f"run_bench: {what}: {its or 0:.2f} it/s, {spi or 0:.3f} s/image, "
+                    f"peak {peak or 0:.0f} MiB ({j['wall_s']:.0f} s)")
             for k in ("sigmas", "timesteps", "gpu", "torch", "diffusers"):
                 if k in j:
                     results[b].setdefault(f"_{k}_{side}", j[k])
@@ -538,7 +552,8 @@ def main_gpu(a) -> int:
         # Numerics, once every side of a batch has run.
         for b in batches:
             r = results[b]
-            outs = {s: load_file(r[s]["_out"]) for s in sides if s in r and "_out" in r[s]}
+            outs = {s: load_file(r[s]["_out"]) for s in sides
+                    if s in r and "_out" in r[s] and s in ("sdserve", "eager", "compile")}
             if "sdserve" in outs and "eager" in outs:
                 o, e = outs["sdserve"], outs["eager"]
                 r["unet_rel_l2"] = safe_rel(o["unet"], e["unet"])
@@ -611,7 +626,7 @@ def print_gpu_table(a, batches, sides, s) -> None:
           f"SD1.5 architecture, {a.size}x{a.size}, {a.steps} Euler steps, CFG {a.cfg:g}, on {s.get('gpu') or a.device}")
     print(f"medians: UNet step / VAE decode of {s['repeat']}, e2e of {a.e2e_repeat}; "
           f"compile mode: {a.compile_mode}; wall {s['wall_s']:.0f} s (model prep {s['prepare_s']:.0f} s)")
-    cols = [x for x in ("sdserve", "eager", "compile") if x in sides]
+    cols = [x for x in ("sdserve", "eager", "compile", "nograph") if x in sides]
 
     def cell(v, fmt):
         return f"{v:{fmt}}" if isinstance(v, (int, float)) and v is not None else "-"
@@ -650,6 +665,16 @@ def print_gpu_table(a, batches, sides, s) -> None:
             v = row.get(k)
             return f"{v:.2e}" if isinstance(v, float) else "-"
 
+        prof = row.get("profile", {}).get("profile") or {}
+        for part, label in (("unet", "UNet CFG step"), ("vae", "VAE decode")):
+            p = dict(prof.get(part) or {})
+            if not p:
+                continue
+            total = (p.pop("(run)", None) or {}).get("s") or sum(v.get("s", 0) for v in p.values())
+            print(f"profile, {label} (SDSERVE_PROFILE=1, synchronised per op: {total * 1000:.1f} ms per run):")
+            for name, v in sorted(p.items(), key=lambda kv: -kv[1].get("s", 0))[:14]:
+                print(f"    {name:28} {v.get('s', 0) * 1000:9.2f} ms {100 * v.get('s', 0) / total if total else 0:5.1f}%"
+                      f"  {v.get('calls', 0):6} calls")
         print(f"rel L2 sdserve vs eager: UNet {fe('unet_rel_l2')} ({'ok' if row['unet_ok'] else 'FAIL'}, limit "
               f"{a.accept:g}), VAE {fe('vae_rel_l2')}, e2e image {fe('e2e_rel_l2')}")
         print(f"rel L2 vs float32: UNet sdserve {fe('sdserve_unet_rel_l2_vs_f32')}, eager "

@@ -1,6 +1,7 @@
 #include "core/profile.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -42,6 +43,16 @@ std::vector<Entry> snapshot() {
   }
   std::sort(out.begin(), out.end(), [](const Entry& a, const Entry& b) { return a.seconds > b.seconds; });
   return out;
+}
+
+namespace {
+std::atomic<void (*)()> sync_hook{nullptr};
+}
+
+void set_device_sync(void (*fn)()) { sync_hook.store(fn); }
+
+void device_sync() {
+  if (auto* fn = sync_hook.load()) fn();
 }
 
 void reset() {

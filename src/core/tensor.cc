@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "core/allocator.h"
+#include "core/profile.h"
 #ifdef SDSERVE_WITH_CUDA
 #include "cuda/kernels.h"
 #include "cuda/runtime.h"
@@ -81,6 +82,7 @@ cuda::StridedDesc strided_desc(const Shape& shape, const Shape& strides) {
 
 void Tensor::copy_(const Tensor& src) {
   SD_CHECK_ARG(defined() && src.defined(), "copy_ of an undefined tensor");
+  SD_PROFILE_SCOPE("copy");
   SD_CHECK_ARG(src.shape() == shape_, "copy_: shape " + shape_str(src.shape()) + " into " + shape_str(shape_));
   SD_CHECK_ARG(src.device() == device_, "copy_: " + src.device().str() + " tensor into a " + device_.str() + " tensor");
   if (numel() == 0) return;
@@ -291,6 +293,7 @@ Tensor Tensor::contiguous() const {
 
 Tensor Tensor::clone() const {
   SD_CHECK_ARG(defined(), "clone of an undefined tensor");
+  SD_PROFILE_SCOPE("copy");
   Tensor t = empty(shape_, dtype_, device_);
   if (device_.type != DeviceType::CPU) {
     t.copy_(*this);
@@ -303,6 +306,7 @@ Tensor Tensor::clone() const {
 
 Tensor Tensor::to(DType dtype) const {
   if (dtype == dtype_) return *this;
+  SD_PROFILE_SCOPE("cast");
   if (device_.type != DeviceType::CPU) {
     Tensor out = empty(shape_, dtype, device_);
     out.copy_(*this);
@@ -323,6 +327,7 @@ Tensor Tensor::to(DType dtype) const {
 
 Tensor Tensor::to(Device device) const {
   if (device == device_) return *this;
+  SD_PROFILE_SCOPE("host<->device copy");
 #ifdef SDSERVE_WITH_CUDA
   if (device_.type == DeviceType::CPU && device.type == DeviceType::CUDA) {
     const Tensor src = contiguous();

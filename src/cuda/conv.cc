@@ -1,6 +1,8 @@
 #include "cuda/conv.h"
 
+#include <cstdlib>
 #include <map>
+#include <string>
 #include <tuple>
 
 #include "cuda/library.h"
@@ -26,7 +28,8 @@ cudnnDataType_t dnn_type(DType t) {
   }
 }
 
-using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int>;
+using Key =
+    std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, bool>;
 
 struct Plan {
   cudnnTensorDescriptor_t x = nullptr, y = nullptr, bias = nullptr;
@@ -41,9 +44,10 @@ Plan make_plan(Library& lib, const ConvArgs& a) {
   Plan p;
   const cudnnDataType_t t = dnn_type(a.dt);
   SD_CUDNN_CHECK(cudnnCreateTensorDescriptor(&p.x));
-  SD_CUDNN_CHECK(cudnnSetTensor4dDescriptor(p.x, CUDNN_TENSOR_NCHW, t, int(a.n), int(a.c), int(a.h), int(a.w)));
+  const cudnnTensorFormat_t fmt = a.nhwc ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW;
+  SD_CUDNN_CHECK(cudnnSetTensor4dDescriptor(p.x, fmt, t, int(a.n), int(a.c), int(a.h), int(a.w)));
   SD_CUDNN_CHECK(cudnnCreateFilterDescriptor(&p.w));
-  SD_CUDNN_CHECK(cudnnSetFilter4dDescriptor(p.w, t, CUDNN_TENSOR_NCHW, int(a.o), int(a.c), int(a.kh), int(a.kw)));
+  SD_CUDNN_CHECK(cudnnSetFilter4dDescriptor(p.w, t, fmt, int(a.o), int(a.c), int(a.kh), int(a.kw)));
   SD_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&p.conv));
   // f32 storage computes in f32 (FMA math: no TF32, to stay within the CPU tolerances);
   // f16/bf16 store half precision, accumulate in f32 and may use tensor cores.
@@ -56,7 +60,7 @@ Plan make_plan(Library& lib, const ConvArgs& a) {
   p.oh = oh;
   p.ow = ow;
   SD_CUDNN_CHECK(cudnnCreateTensorDescriptor(&p.y));
-  SD_CUDNN_CHECK(cudnnSetTensor4dDescriptor(p.y, CUDNN_TENSOR_NCHW, t, on, oc, oh, ow));
+  SD_CUDNN_CHECK(cudnnSetTensor4dDescriptor(p.y, fmt, t, on, oc, oh, ow));
   SD_CUDNN_CHECK(cudnnCreateTensorDescriptor(&p.bias));
   SD_CUDNN_CHECK(cudnnSetTensor4dDescriptor(p.bias, CUDNN_TENSOR_NCHW, t, 1, int(a.o), 1, 1));
 
@@ -89,7 +93,7 @@ void conv2d(const ConvArgs& a, int device) {
   Library& lib = library(device);
   std::lock_guard<std::mutex> lock(lib.mu);
   static std::map<Key, Plan> plans[16];
-  const Key key{a.n, a.c, a.h, a.w, a.o, a.kh, a.kw, a.stride, a.pad_h, a.pad_w, int(a.dt)};
+  const Key key{a.n, a.c, a.h, a.w, a.o, a.kh, a.kw, a.stride, a.pad_h, a.pad_w, int(a.dt), a.nhwc};
   auto& cache = plans[size_t(device)];
   auto it = cache.find(key);
   set_device(device);
@@ -99,7 +103,18 @@ void conv2d(const ConvArgs& a, int device) {
   void* ws = p.workspace ? lib.workspace(p.workspace) : nullptr;
   SD_CUDNN_CHECK(cudnnConvolutionForward(lib.dnn, &one, p.x, a.x, p.w, a.weight, p.conv, p.algo, ws, p.workspace, &zero,
                                          p.y, a.y));
-  if (a.bias) SD_CUDNN_CHECK(cudnnAddTensor(lib.dnn, &one, p.bias, a.bias, &one, p.y, a.y));
+  if (a.bias) {
+    SD_CHECK_ARG(!a.nhwc, "GPU conv2d: channels-last bias is the caller's (add_broadcast)");
+    SD_CUDNN_CHECK(cudnnAddTensor(lib.dnn, &one, p.bias, a.bias, &one, p.y, a.y));
+  }
+}
+
+bool conv_channels_last(DType dt) {
+  static const bool nchw = [] {
+    const char* v = std::getenv("SDSERVE_CUDA_CONV_LAYOUT");
+    return v && std::string(v) == "nchw";
+  }();
+  return !nchw && (dt == DType::F16 || dt == DType::BF16);
 }
 
 }  // namespace sdserve::cuda

@@ -1,5 +1,7 @@
-// 2-D convolution through cuDNN (src/cuda/conv.cc): NCHW activations, OIHW weights, the
-// algorithm found once per shape (cudnnFindConvolutionForwardAlgorithmEx) and cached.
+// 2-D convolution through cuDNN (src/cuda/conv.cc): NCHW activations with OIHW weights, or NHWC
+// with OHWI (channels last: what the tensor-core kernels read natively, so cuDNN needs no
+// transposes of its own), the algorithm found once per shape
+// (cudnnFindConvolutionForwardAlgorithmEx) and cached.
 #pragma once
 #include <cstdint>
 
@@ -10,6 +12,7 @@ namespace sdserve::cuda {
 struct ConvArgs {
   int64_t n = 0, c = 0, h = 0, w = 0, o = 0, kh = 0, kw = 0, stride = 1, pad_h = 0, pad_w = 0;
   DType dt = DType::F32;
+  bool nhwc = false;  // x [n, h, w, c], weight [o, kh, kw, c], y [n, oh, ow, o]
   const void* x = nullptr;
   const void* weight = nullptr;
   const void* bias = nullptr;  // o values or null
@@ -17,5 +20,9 @@ struct ConvArgs {
 };
 
 void conv2d(const ConvArgs& args, int device);
+
+// Whether half-precision convolutions run channels last: yes unless
+// SDSERVE_CUDA_CONV_LAYOUT=nchw (f32 always runs NCHW, with FMA math, to match the CPU).
+bool conv_channels_last(DType dt);
 
 }  // namespace sdserve::cuda

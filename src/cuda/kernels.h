@@ -68,4 +68,15 @@ void upsample_nearest(const void* x, int64_t nc, int64_t h, int64_t w, int64_t o
 // Fills n elements with `value` (converted to dt).
 void fill(void* out, int64_t n, float value, DType dt, cudaStream_t stream);
 
+// The ESRGAN ops (src/cuda/upscale_kernels.cu). out may equal x for leaky_relu.
+void leaky_relu(const void* x, int64_t n, float slope, void* out, DType dt, cudaStream_t stream);
+// out[i] = x[i] < 0 ? x[i] * w[c] : x[i], c = (i / inner) % channels (w[0] when `shared`); w is f32.
+void prelu(const void* x, const float* weight, bool shared, int64_t channels, int64_t inner, int64_t n, void* out,
+           DType dt, cudaStream_t stream);
+// out[i] = a[i] * alpha + b[i]
+void scaled_add(const void* a, float alpha, const void* b, int64_t n, void* out, DType dt, cudaStream_t stream);
+// [planes, h, w] -> [planes, oh, ow] (oh >= h, ow >= w), the extra rows/columns reflected.
+void pad_reflect_br(const void* x, int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow, void* out, DType dt,
+                    cudaStream_t stream);
+
 }  // namespace sdserve::cuda

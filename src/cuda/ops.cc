@@ -43,7 +43,6 @@ AttentionImpl attention_impl() { return impl_slot(); }
 Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor* bias, int64_t stride, int64_t pad_t, int64_t pad_l,
               int64_t pad_b, int64_t pad_r) {
   Tensor x = x_in.contiguous();
-  const Tensor w = w_in.contiguous();
   const Tensor b = bias ? bias->contiguous() : Tensor();
   // cuDNN pads symmetrically; the VAE encoder's (0, 1, 0, 1) downsample padding is made explicit.
   if (pad_t != pad_b || pad_l != pad_r) {
@@ -59,10 +58,35 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor* bias, int64_
   }
   ConvArgs a;
   a.n = x.size(0), a.c = x.size(1), a.h = x.size(2), a.w = x.size(3);
-  a.o = w.size(0), a.kh = w.size(2), a.kw = w.size(3);
+  a.o = w_in.size(0), a.kh = w_in.size(2), a.kw = w_in.size(3);
   a.stride = stride, a.pad_h = pad_t, a.pad_w = pad_l;
   a.dt = x.dtype();
+  a.nhwc = conv_channels_last(a.dt);
   const int64_t oh = (a.h + 2 * a.pad_h - a.kh) / stride + 1, ow = (a.w + 2 * a.pad_w - a.kw) / stride + 1;
+  if (a.nhwc) {
+    // Channels last in and out of cuDNN: the activations are transposed here (a memory pass each
+    // way, cheap beside the convolution); weights loaded for the GPU are stored OHWI already
+    // (ops::conv2d_weight_layout), so their permute is free.
+    const Tensor wh = w_in.permute({0, 2, 3, 1}).contiguous();
+    Tensor yh;
+    {
+      Tensor xh = x.permute({0, 2, 3, 1}).contiguous();
+      x = Tensor();  // the caller's input stays alive; a padded copy goes now
+      if (a.kh == 1 && a.kw == 1 && stride == 1 && a.pad_h == 0 && a.pad_w == 0) {
+        // A 1x1 convolution over channels-last pixels is a GEMM: [N*H*W, C] x [C, O] + bias.
+        const Tensor w2 = wh.view({a.o, a.c});
+        yh = linear(xh.view({a.n * a.h * a.w, a.c}), w2, bias ? &b : nullptr).view({a.n, oh, ow, a.o});
+        return yh.permute({0, 3, 1, 2}).contiguous();
+      }
+      yh = Tensor::empty({a.n, oh, ow, a.o}, xh.dtype(), xh.device());
+      if (yh.numel() == 0) return yh.permute({0, 3, 1, 2});
+      a.x = xh.raw_data(), a.weight = wh.raw_data(), a.bias = nullptr, a.y = yh.raw_data();
+      conv2d(a, dev(yh));
+    }  // xh is freed before the copy back, so at most three activations are alive at once
+    if (bias) add_broadcast(yh.raw_data(), yh.numel(), b.raw_data(), a.o, yh.raw_data(), a.dt, stream_of(yh));
+    return yh.permute({0, 3, 1, 2}).contiguous();
+  }
+  const Tensor w = w_in.contiguous();
   Tensor y = Tensor::empty({a.n, a.o, oh, ow}, x.dtype(), x.device());
   if (y.numel() == 0) return y;
   a.x = x.raw_data(), a.weight = w.raw_data(), a.bias = bias ? b.raw_data() : nullptr, a.y = y.raw_data();

@@ -3,11 +3,13 @@
 #include <cuda_runtime_api.h>
 
 #include <array>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <string>
 #include <vector>
 
+#include "core/profile.h"
 #include "cuda/check.h"
 
 namespace sdserve::cuda {
@@ -33,6 +35,7 @@ struct DevicePool {
   MemoryStats stats;
   cudaStream_t stream = nullptr;
   bool initialised = false;
+  size_t limit = 0;  // 0: none
 };
 
 std::array<DevicePool, kMaxDevices>& pools() {
@@ -66,9 +69,120 @@ void ensure_stream(DevicePool& p, int device) {
   set_device(device);
   SD_CUDA_CHECK(cudaStreamCreateWithFlags(&p.stream, cudaStreamNonBlocking));
   p.initialised = true;
+  if (profile::enabled()) profile::set_device_sync(&synchronize_all);
+  if (const char* v = std::getenv("SDSERVE_CUDA_MEMORY_LIMIT_MB"); v && *v && p.limit == 0)
+    p.limit = size_t(std::strtoull(v, nullptr, 10)) << 20;
+}
+
+// A cached block for a request of bucket `size`: one of exactly that bucket, else the smallest
+// cached block of up to twice the size, used whole (*size becomes its size). Without the second
+// rule every new shape (the VAE after the UNet, say) would add fresh blocks while blocks a little
+// larger sit idle in the pool. Called with p.mu held.
+void* take_cached(DevicePool& p, size_t bucket, size_t* size) {
+  auto it = p.free_blocks.lower_bound(bucket);
+  while (it != p.free_blocks.end() && it->first <= 2 * bucket && it->second.empty()) ++it;
+  if (it == p.free_blocks.end() || it->first > 2 * bucket) return nullptr;
+  void* ptr = it->second.back();
+  it->second.pop_back();
+  *size = it->first;
+  if (it->second.empty()) p.free_blocks.erase(it);
+  return ptr;
+}
+
+// cudaMalloc, counted in the device's stats; on failure the shared pool's cached blocks are
+// given back and the allocation tried once more. Called with p.mu held.
+void* driver_malloc(DevicePool& p, int device, size_t size) {
+  void* ptr = nullptr;
+  set_device(device);
+  if (p.limit && p.stats.reserved + size > p.limit) release_cached(p, device);
+  const bool over_limit = p.limit && p.stats.reserved + size > p.limit;
+  cudaError_t st = over_limit ? cudaErrorMemoryAllocation : cudaMalloc(&ptr, size);
+  if (st == cudaErrorMemoryAllocation && !over_limit) {
+    (void)cudaGetLastError();
+    release_cached(p, device);
+    st = cudaMalloc(&ptr, size);
+  }
+  if (st != cudaSuccess) {
+    (void)cudaGetLastError();
+    size_t free_b = 0, total_b = 0;
+    (void)cudaMemGetInfo(&free_b, &total_b);
+    if (over_limit) {
+      free_b = p.limit > p.stats.reserved ? p.limit - p.stats.reserved : 0;
+      total_b = p.limit;
+    }
+    throw ResourceError("out of GPU memory on cuda:" + std::to_string(device) + ": asked for " +
+                        std::to_string(size >> 20) + " MiB with " + std::to_string(free_b >> 20) + " of " +
+                        std::to_string(total_b >> 20) + " MiB free" + (over_limit ? " under the memory limit" : "") +
+                        "; use a smaller size or batch, or --vae-tiling");
+  }
+  p.stats.reserved += size;
+  p.stats.peak_reserved = std::max(p.stats.peak_reserved, p.stats.reserved);
+  ++p.stats.driver_allocs;
+  return ptr;
 }
 
 }  // namespace
+
+class PrivatePool {
+ public:
+  explicit PrivatePool(int device) : device_(device) {}
+  ~PrivatePool() {
+    DevicePool& p = pools()[size_t(device_)];
+    std::lock_guard<std::mutex> lock(p.mu);
+    if (free_blocks_.empty()) return;
+    set_device(device_);
+    // A graph that used these blocks may still be running.
+    (void)cudaStreamSynchronize(p.stream);
+    for (auto& [size, blocks] : free_blocks_)
+      for (void* b : blocks) {
+        (void)cudaFree(b);
+        p.stats.reserved -= size;
+      }
+  }
+  int device() const { return device_; }
+  // Both called with the device pool's mutex held (one lock orders both pools).
+  void* take(size_t size) {
+    auto it = free_blocks_.find(size);
+    if (it == free_blocks_.end() || it->second.empty()) return nullptr;
+    void* ptr = it->second.back();
+    it->second.pop_back();
+    return ptr;
+  }
+  void give(size_t size, void* ptr) { free_blocks_[size].push_back(ptr); }
+
+ private:
+  int device_;
+  std::map<size_t, std::vector<void*>> free_blocks_;
+};
+
+namespace {
+thread_local std::shared_ptr<PrivatePool> current_private_pool;
+}
+
+std::shared_ptr<PrivatePool> make_private_pool(int device) {
+  require_device(device);
+  return std::make_shared<PrivatePool>(device);
+}
+
+PrivatePoolScope::PrivatePoolScope(std::shared_ptr<PrivatePool> pool) : previous_(std::move(current_private_pool)) {
+  current_private_pool = std::move(pool);
+}
+
+PrivatePoolScope::~PrivatePoolScope() { current_private_pool = std::move(previous_); }
+
+void synchronize_all() {
+  for (int d = 0; d < device_count(); ++d) {
+    DevicePool& p = pools()[size_t(d)];
+    cudaStream_t s = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(p.mu);
+      if (!p.initialised) continue;
+      s = p.stream;
+    }
+    set_device(d);
+    SD_CUDA_CHECK(cudaStreamSynchronize(s));
+  }
+}
 
 int device_count() {
   static const int n = [] {
@@ -99,42 +213,29 @@ void set_device(int device) {
 
 std::shared_ptr<void> allocate(size_t bytes, int device) {
   DevicePool& p = pool(device);
-  const size_t size = bucket_size(bytes == 0 ? 1 : bytes);
+  size_t size = bucket_size(bytes == 0 ? 1 : bytes);
+  std::shared_ptr<PrivatePool> priv =
+      current_private_pool && current_private_pool->device() == device ? current_private_pool : nullptr;
   void* ptr = nullptr;
   {
     std::lock_guard<std::mutex> lock(p.mu);
     ensure_stream(p, device);
-    auto it = p.free_blocks.find(size);
-    if (it != p.free_blocks.end() && !it->second.empty()) {
-      ptr = it->second.back();
-      it->second.pop_back();
+    if (priv) {
+      ptr = priv->take(size);
     } else {
-      set_device(device);
-      cudaError_t st = cudaMalloc(&ptr, size);
-      if (st == cudaErrorMemoryAllocation) {
-        (void)cudaGetLastError();
-        release_cached(p, device);
-        st = cudaMalloc(&ptr, size);
-      }
-      if (st != cudaSuccess) {
-        (void)cudaGetLastError();
-        size_t free_b = 0, total_b = 0;
-        (void)cudaMemGetInfo(&free_b, &total_b);
-        throw ResourceError("out of GPU memory on cuda:" + std::to_string(device) + ": asked for " +
-                            std::to_string(size >> 20) + " MiB with " + std::to_string(free_b >> 20) + " of " +
-                            std::to_string(total_b >> 20) + " MiB free; use a smaller size or batch, or --vae-tiling");
-      }
-      p.stats.reserved += size;
-      p.stats.peak_reserved = std::max(p.stats.peak_reserved, p.stats.reserved);
-      ++p.stats.driver_allocs;
+      ptr = take_cached(p, size, &size);
     }
+    if (!ptr) ptr = driver_malloc(p, device, size);
     p.stats.allocated += size;
     p.stats.peak_allocated = std::max(p.stats.peak_allocated, p.stats.allocated);
   }
-  return std::shared_ptr<void>(ptr, [device, size](void* q) {
+  return std::shared_ptr<void>(ptr, [device, size, priv = std::move(priv)](void* q) {
     DevicePool& pl = pools()[size_t(device)];
     std::lock_guard<std::mutex> lock(pl.mu);
-    pl.free_blocks[size].push_back(q);
+    if (priv)
+      priv->give(size, q);
+    else
+      pl.free_blocks[size].push_back(q);
     pl.stats.allocated -= size;
   });
 }
@@ -156,6 +257,13 @@ void reset_peak(int device) {
   std::lock_guard<std::mutex> lock(p.mu);
   p.stats.peak_allocated = p.stats.allocated;
   p.stats.peak_reserved = p.stats.reserved;
+}
+
+void set_memory_limit(int device, size_t bytes) {
+  DevicePool& p = pool(device);
+  std::lock_guard<std::mutex> lock(p.mu);
+  ensure_stream(p, device);  // reads the environment's limit first, so this call wins
+  p.limit = bytes;
 }
 
 void empty_cache(int device) {

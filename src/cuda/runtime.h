@@ -37,6 +37,11 @@ void reset_peak(int device);
 void add_workspace_bytes(int device, size_t bytes);
 // Frees every cached (unused) block back to the driver.
 void empty_cache(int device);
+// Caps the bytes this process holds from the driver on `device` (0 = no cap; the default, or
+// SDSERVE_CUDA_MEMORY_LIMIT_MB). An allocation past it empties the cache and, if still past
+// it, throws ResourceError as a real out-of-memory would: for sharing a GPU with other
+// processes, and for testing the out-of-memory paths (the tiled VAE fallback).
+void set_memory_limit(int device, size_t bytes);
 
 // The device's stream; all our kernels and library calls are issued on it.
 cudaStream_t stream(int device);
@@ -52,5 +57,27 @@ void memset_async(void* dst, int value, size_t bytes, int device);
 
 // Sets the current device for the calling thread (cudaSetDevice, cached).
 void set_device(int device);
+
+// Waits for every stream this process has created (the profiler's device-sync hook).
+void synchronize_all();
+
+// A pool of device blocks kept apart from the device's shared pool. While a
+// PrivatePoolScope is alive on a thread, that thread's allocations on the pool's device come
+// from it, and those blocks return to it when freed, whoever frees them and when. A CUDA graph
+// captured meanwhile bakes in addresses that no other tensor can be handed later, for as long
+// as the pool lives (every block's owner holds a reference). Dropping the last reference gives
+// the blocks back to the driver.
+class PrivatePool;
+std::shared_ptr<PrivatePool> make_private_pool(int device);
+class PrivatePoolScope {
+ public:
+  explicit PrivatePoolScope(std::shared_ptr<PrivatePool> pool);
+  ~PrivatePoolScope();
+  PrivatePoolScope(const PrivatePoolScope&) = delete;
+  PrivatePoolScope& operator=(const PrivatePoolScope&) = delete;
+
+ private:
+  std::shared_ptr<PrivatePool> previous_;
+};
 
 }  // namespace sdserve::cuda

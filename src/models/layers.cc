@@ -43,7 +43,7 @@ Conv2d Conv2d::load(const WeightSource& src, const std::string& p, int64_t in, i
                     int64_t stride) {
   Conv2d c;
   c.name = p;
-  c.w = layers::load(src, p + ".weight", {out, in, k, k}, dt);
+  c.w = ops::conv2d_weight_layout(layers::load(src, p + ".weight", {out, in, k, k}, dt));
   c.b = layers::load(src, p + ".bias", {out}, dt);
   c.opt = ops::Conv2dOptions::same(k, stride);
   return c;

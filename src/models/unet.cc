@@ -1,10 +1,14 @@
 #include "models/unet.h"
 
 #include <cmath>
+#include <cstdio>
+#include <map>
+#include <mutex>
 
 #include "ops/activation.h"
 #include "ops/add.h"
 #include "ops/concat.h"
+#include "ops/graph.h"
 #include "ops/group_norm.h"
 #include "ops/layer_norm.h"
 #include "ops/upsample.h"
@@ -46,6 +50,7 @@ UNet::Transformer2D UNet::load_transformer(const WeightSource& src, const std::s
 UNet UNet::load(const UNetConfig& cfg, const WeightSource& src, DType dt) {
   UNet u;
   u.cfg_ = cfg;
+  u.graphs_ = std::make_shared<GraphCache>();
   const auto& ch = cfg.block_out_channels;
   const size_t nb = ch.size();
   SD_CHECK_ARG(nb >= 1 && cfg.down_has_attention.size() == nb && cfg.heads.size() == nb,
@@ -187,6 +192,36 @@ void UNet::for_each_weight(const std::function<void(const std::string&, Tensor&)
   conv(conv_out);
 }
 
+// Graphs per input shape, least recently used first out. A shape is run eagerly once (cuDNN and
+// cuBLASLt pick their algorithms and size their workspaces then, which a capture must not do),
+// captured on its second call and replayed from then on. LoRA merges write the weights in
+// place, so a graph stays valid across them.
+struct UNet::GraphCache {
+  struct Entry {
+    int calls = 0;
+    bool failed = false;
+    std::unique_ptr<ops::DeviceGraph> graph;
+    Tensor x, temb, context, out;  // the addresses the graph reads and writes
+    uint64_t last_use = 0;
+  };
+  std::mutex mu;  // one generation at a time per model, but keep the cache itself safe
+  std::map<std::string, Entry> entries;
+  uint64_t clock = 0;
+  size_t captured = 0;
+};
+
+size_t UNet::graphs_captured() const {
+  std::lock_guard<std::mutex> lock(graphs_->mu);
+  return graphs_->captured;
+}
+
+namespace {
+std::string graph_key(const Tensor& x, const Tensor& temb, const Tensor& context) {
+  auto one = [](const Tensor& t) { return shape_str(t.shape()) + dtype_name(t.dtype()) + t.device().str(); };
+  return one(x) + "|" + one(temb) + "|" + one(context);
+}
+}  // namespace
+
 Tensor UNet::forward(const Tensor& x_in, const std::vector<float>& timesteps, const Tensor& context_in) const {
   SD_CHECK_ARG(
       x_in.dim() == 4 && x_in.size(1) == cfg_.in_channels,
@@ -195,11 +230,62 @@ Tensor UNet::forward(const Tensor& x_in, const std::vector<float>& timesteps, co
       context_in.dim() == 3 && context_in.size(0) == x_in.size(0) && context_in.size(2) == cfg_.cross_attention_dim,
       "UNet: context must be [N, T, " + std::to_string(cfg_.cross_attention_dim) + "], got " +
           shape_str(context_in.shape()));
-  const DType dt = conv_in.w.dtype();
+  const Tensor temb_in = time_embedding(timesteps, x_in.size(0));  // host f32
+  if (ops::DeviceGraph::available(conv_in.w.device())) {
+    Tensor out = forward_graphed(x_in, temb_in, context_in);
+    if (out.defined()) return out;
+  }
   const Device dev = conv_in.w.device();
-  const Tensor x = x_in.to(dev).to(dt), context = context_in.to(dev).to(dt);
-  const int64_t n = x.size(0);
-  Tensor temb = time_2(ops::activation(time_1(time_embedding(timesteps, n).to(dt).to(dev)), ops::Activation::SiLU));
+  return forward_core(x_in.to(dev), temb_in.to(dev), context_in.to(dev));
+}
+
+Tensor UNet::forward_graphed(const Tensor& x_in, const Tensor& temb_in, const Tensor& context_in) const {
+  const Device dev = conv_in.w.device();
+  GraphCache& cache = *graphs_;
+  std::lock_guard<std::mutex> lock(cache.mu);
+  const std::string key = graph_key(x_in, temb_in, context_in);
+  auto it = cache.entries.find(key);
+  if (it == cache.entries.end()) {
+    while (int(cache.entries.size()) >= ops::DeviceGraph::max_cached()) {
+      auto oldest = cache.entries.begin();
+      for (auto e = cache.entries.begin(); e != cache.entries.end(); ++e)
+        if (e->second.last_use < oldest->second.last_use) oldest = e;
+      cache.entries.erase(oldest);
+    }
+    it = cache.entries.emplace(key, GraphCache::Entry{}).first;
+  }
+  GraphCache::Entry& e = it->second;
+  e.last_use = ++cache.clock;
+  if (e.failed || ++e.calls < 2) return Tensor();  // eager: the warm-up run, or a shape that failed
+  if (!e.graph) {
+    e.x = Tensor::empty(x_in.shape(), x_in.dtype(), dev);
+    e.temb = Tensor::empty(temb_in.shape(), temb_in.dtype(), dev);
+    e.context = Tensor::empty(context_in.shape(), context_in.dtype(), dev);
+    Tensor out;
+    std::string why;
+    e.graph = ops::DeviceGraph::capture(
+        dev, [&] { out = forward_core(e.x, e.temb, e.context); }, &why);
+    if (!e.graph) {
+      e.failed = true;
+      e.x = e.temb = e.context = Tensor();
+      std::fprintf(stderr, "sdserve: warning: UNet steps at %s run without a CUDA graph: %s\n",
+                   shape_str(x_in.shape()).c_str(), why.c_str());
+      return Tensor();
+    }
+    e.out = out;
+    ++cache.captured;
+  }
+  ops::upload_into(e.x, x_in);
+  ops::upload_into(e.temb, temb_in);
+  ops::upload_into(e.context, context_in);
+  e.graph->replay();
+  return e.out.clone();  // the next replay overwrites e.out
+}
+
+Tensor UNet::forward_core(const Tensor& x_in, const Tensor& temb_in, const Tensor& context_in) const {
+  const DType dt = conv_in.w.dtype();
+  const Tensor x = x_in.to(dt), context = context_in.to(dt);
+  Tensor temb = time_2(ops::activation(time_1(temb_in.to(dt)), ops::Activation::SiLU));
   const Tensor temb_act = ops::activation(temb, ops::Activation::SiLU);  // every resnet applies SiLU first
 
   Tensor h = conv_in(x);

@@ -3,6 +3,7 @@
 // checkpoints reach it through a renaming WeightSource (io/ldm_names.h).
 #pragma once
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,8 @@ class UNet {
   // x [N, in, h, w], timesteps: one per sample (or one for all), context [N, T, cross_attention_dim].
   Tensor forward(const Tensor& x, const std::vector<float>& timesteps, const Tensor& context) const;
   const UNetConfig& config() const { return cfg_; }
+  // Device graphs captured so far (ops/graph.h; 0 on the CPU), for tests and logs.
+  size_t graphs_captured() const;
   // Every Linear and Conv2d weight with its diffusers module name ("down_blocks.0.resnets.0.conv1"),
   // for merging LoRA-family networks in place (pipeline/lora.h).
   void for_each_weight(const std::function<void(const std::string& module, Tensor& weight)>& fn);
@@ -44,6 +47,12 @@ class UNet {
                                  DType dt) const;
   Tensor run_transformer(const Transformer2D& t, const Tensor& x, const Tensor& context) const;
   Tensor time_embedding(const std::vector<float>& timesteps, int64_t n) const;
+  // The network proper, from the sinusoidal time embedding [N, C] on; inputs in any dtype on the
+  // weights' device.
+  Tensor forward_core(const Tensor& x, const Tensor& temb_in, const Tensor& context) const;
+  // forward() through a captured device graph per input shape (ops/graph.h); an empty tensor
+  // when the shape is not (or cannot be) graphed yet and the caller should run eagerly.
+  Tensor forward_graphed(const Tensor& x, const Tensor& temb_in, const Tensor& context) const;
 
   UNetConfig cfg_;
   layers::Linear time_1, time_2;
@@ -51,6 +60,8 @@ class UNet {
   layers::Norm norm_out;
   std::vector<Block> down_, up_;
   Block mid_;
+  struct GraphCache;
+  std::shared_ptr<GraphCache> graphs_;  // per input shape; shared by moved-from copies
 };
 
 }  // namespace sdserve

@@ -18,7 +18,7 @@ Tensor as_f32_rows(const Tensor& t) {
 }  // namespace
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, float scale) {
-  SD_PROFILE_SCOPE("attention");
+  SD_PROFILE_SCOPE(q.dim() == 4 && k.dim() == 4 && q.size(2) == k.size(2) ? "attention (self)" : "attention (cross)");
   SD_CHECK_ARG(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "attention: q, k and v must be 4-D [B, H, T, d]");
   const int64_t B = q.size(0), H = q.size(1), Tq = q.size(2), d = q.size(3);
   const int64_t Tk = k.size(2), dv = v.size(3);

@@ -1,6 +1,6 @@
 // Elementwise and layout ops of the ESRGAN-family upscalers (models/esrgan.h): leaky ReLU, PReLU,
-// a scaled residual add, pixel shuffle/unshuffle and reflect padding. CPU kernels for f32/f16/bf16
-// (computed in f32); other devices throw UnsupportedError until they get a backend.
+// a scaled residual add, pixel shuffle/unshuffle and reflect padding, for f32/f16/bf16 (computed
+// in f32) on the CPU and on CUDA devices (src/cuda/upscale_kernels.cu).
 #pragma once
 #include "core/tensor.h"
 

@@ -101,14 +101,14 @@ std::vector<TileSpan> tile_spans(int64_t size, int64_t tile, int64_t overlap, in
   return spans;
 }
 
-Upscaler Upscaler::from_source(const WeightSource& src, const std::string& name) {
+Upscaler Upscaler::from_source(const WeightSource& src, const std::string& name, Device device, DType dtype) {
   Upscaler u;
-  u.net_ = UpscalerNet::load(canonical_upscaler_source(src), DType::F32);
+  u.net_ = UpscalerNet::load(canonical_upscaler_source(src).with_device(device), dtype);
   u.name_ = name;
   return u;
 }
 
-Upscaler Upscaler::open(const std::string& path) {
+Upscaler Upscaler::open(const std::string& path, Device device, DType dtype) {
   if (!std::filesystem::exists(path))
     throw NotFoundError("upscaler " + path + ": no such file (give a .safetensors or .pth ESRGAN/Real-ESRGAN model)");
   std::shared_ptr<const SafeTensorsFile> file;
@@ -129,7 +129,7 @@ Upscaler Upscaler::open(const std::string& path) {
       file = std::make_shared<const SafeTensorsFile>(read_torch_checkpoint(path));
     }
   }
-  return from_source(WeightSource({file}), std::filesystem::path(path).filename().string());
+  return from_source(WeightSource({file}), std::filesystem::path(path).filename().string(), device, dtype);
 }
 
 Rgb8Image Upscaler::upscale(const uint8_t* rgb, int width, int height, const UpscaleOptions& opt) const {

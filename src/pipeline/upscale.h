@@ -48,9 +48,11 @@ class Upscaler {
   // A .safetensors file, or a PyTorch .pth/.pt/.ckpt/.bin read without executing it
   // (io/torch_checkpoint.h). Wrapped state dicts ("params_ema.", "params.", "state_dict.", ...)
   // are unwrapped as spandrel does. Throws NotFoundError, ModelFormatError, UnsupportedError.
-  static Upscaler open(const std::string& path);
+  // The network runs on `device` with weights in `dtype` (f16 is what A1111 uses on a GPU).
+  static Upscaler open(const std::string& path, Device device = Device::cpu(), DType dtype = DType::F32);
   // From weights already open (tests, in-memory files); `src` is canonicalized the same way.
-  static Upscaler from_source(const WeightSource& src, const std::string& name);
+  static Upscaler from_source(const WeightSource& src, const std::string& name, Device device = Device::cpu(),
+                              DType dtype = DType::F32);
 
   const UpscalerConfig& config() const { return net_->config(); }
   int scale() const { return int(net_->scale()); }

@@ -7,11 +7,11 @@
 //  - ops, f16 / bf16 storage: 2e-2 / 1e-1 (inputs and outputs rounded to 11 / 8 mantissa bits);
 //  - tiny UNet/VAE vs diffusers goldens: 1e-4 in f32 (as on the CPU), 5e-2 in f16;
 //  - txt2img on the tiny models: f32 within 2/255 of diffusers (as on the CPU); f16 within
-//    max(4, r + r/4 + 4) levels of our CPU f32 image, where r is how far diffusers' own fp16
-//    pipeline lands from its f32 image on that case (fp16_deviation.json, made by
-//    tools/make_fp16_deviation.py): 4/255 where the reference is within 4/255 of f32 or close
-//    to it; on the cases where tiny random models amplify half-precision rounding (r up to 95
-//    for 5-step DDIM) no worse than the reference by more than a quarter plus 4.
+//    max(4, r + r/4 + 4) levels of our CPU f32 image where r <= 4, and 2r + 4 where r > 4; r is
+//    how far diffusers' own fp16 pipeline lands from its f32 image on that case
+//    (fp16_deviation.json, made by tools/make_fp16_deviation.py). The r > 4 cases are those
+//    where tiny random models amplify half-precision rounding (r up to 95 for 5-step DDIM); every
+//    case prints "f16-deviation MODEL KEY ours D diffusers R" for the record.
 #include "core/device.h"
 #include "core/error.h"
 #include "pipeline/stable_diffusion.h"
@@ -24,8 +24,10 @@
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <span>
 
 #include "cuda/ops.h"
+#include "cuda/runtime.h"
 #include "io/model_files.h"
 #include "io/safetensors.h"
 #include "models/clip_text.h"
@@ -37,6 +39,7 @@
 #include "ops/attention.h"
 #include "ops/concat.h"
 #include "ops/conv2d.h"
+#include "ops/graph.h"
 #include "ops/group_norm.h"
 #include "ops/layer_norm.h"
 #include "ops/linear.h"
@@ -323,6 +326,39 @@ TEST_P(CudaTinyModel, SteadyStateAllocatesNothingFromTheDriver) {
   EXPECT_EQ(cuda::memory_stats(0).driver_allocs, before) << "a repeated step should reuse cached blocks only";
 }
 
+// CUDA graphs (ops/graph.h): a shape's first step runs eagerly, the second is captured and
+// replayed, later ones replay. The same kernels run either way, so a replay must equal an eager
+// run bit for bit, with new inputs too, and a different shape gets a graph of its own.
+TEST_P(CudaTinyModel, GraphReplaysEqualEagerRunsBitForBit) {
+  if (!ops::DeviceGraph::available(kGpu)) GTEST_SKIP() << "CUDA graphs are off (SDSERVE_CUDA_GRAPHS=0 or profiling)";
+  for (DType dt : {DType::F32, DType::F16}) {
+    const UNetConfig cfg = UNetConfig::from_json(model_->component_config("unet"));
+    const UNet graphed = UNet::load(cfg, model_->component("unet").with_device(kGpu), dt);
+    const Tensor x = g("unet_a_x"), ctx = g("unet_a_ctx");
+    const std::vector<float> t = g("unet_a_t").to_vector();
+    const Tensor eager = graphed.forward(x, t, ctx).to(Device::cpu());  // first call: eager
+    EXPECT_EQ(graphed.graphs_captured(), 0u);
+    for (int i = 0; i < 3; ++i)
+      EXPECT_EQ(max_abs_diff(graphed.forward(x, t, ctx).to(Device::cpu()), eager), 0.0) << "replay " << i;
+    EXPECT_EQ(graphed.graphs_captured(), 1u) << "the second call of a shape should capture a graph";
+    // New values through the same graph, against a fresh model's eager run.
+    Tensor x2 = x.clone(), ctx2 = ctx.clone();
+    for (float& v : std::span(x2.data<float>(), size_t(x2.numel()))) v = -0.5f * v + 0.25f;
+    for (float& v : std::span(ctx2.data<float>(), size_t(ctx2.numel()))) v *= 0.75f;
+    std::vector<float> t2 = t;
+    for (float& v : t2) v = 0.5f * v + 3;
+    const UNet fresh = UNet::load(cfg, model_->component("unet").with_device(kGpu), dt);
+    const Tensor want = fresh.forward(x2, t2, ctx2).to(Device::cpu());
+    EXPECT_EQ(max_abs_diff(graphed.forward(x2, t2, ctx2).to(Device::cpu()), want), 0.0) << dtype_name(dt);
+    // A second shape: its own warm-up and graph; the first one's stays right.
+    const Tensor xb = g("unet_b_x"), ctxb = g("unet_b_ctx");
+    const std::vector<float> tb = g("unet_b_t").to_vector();
+    const Tensor eager_b = graphed.forward(xb, tb, ctxb).to(Device::cpu());
+    EXPECT_EQ(max_abs_diff(graphed.forward(xb, tb, ctxb).to(Device::cpu()), eager_b), 0.0);
+    EXPECT_EQ(max_abs_diff(graphed.forward(x, t, ctx).to(Device::cpu()), eager), 0.0);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Models, CudaTinyModel, testing::Values("sd1-tiny", "sd2-tiny", "odd-tiny"),
                          [](const testing::TestParamInfo<std::string>& i) {
                            std::string s = i.param;
@@ -408,10 +444,13 @@ TEST_P(CudaTxt2Img, F32MatchesDiffusersAndF16MatchesCpu) {
   const int ref16 = reference_fp16_deviation(c.model, c.key);
   RecordProperty("f16_max_abs_diff", d16);
   RecordProperty("diffusers_fp16_max_abs_diff", ref16);
-  // Within 4/255 where the reference's own fp16 is; elsewhere no further than the reference's
-  // fp16 error plus a quarter of it plus 4 (chaotic cases: half-precision rounding of either
-  // implementation is amplified by the same sampler).
-  EXPECT_LE(d16, std::max(4, ref16 + ref16 / 4 + 4)) << "cuda f16 vs cpu f32 (diffusers fp16 vs f32: " << ref16 << ")";
+  std::printf("f16-deviation %s %s ours %d diffusers %d\n", c.model.c_str(), c.key.c_str(), d16, ref16);
+  // r = how far diffusers' own fp16 pipeline lands from its f32 image on this case. Where r <= 4:
+  // within max(4, r + r/4 + 4). Where r > 4 (chaotic cases: the sampler amplifies half-precision
+  // rounding): within 2r + 4, since two independent half-precision runs can each land r away
+  // from f32 in different directions.
+  EXPECT_LE(d16, ref16 <= 4 ? std::max(4, ref16 + ref16 / 4 + 4) : 2 * ref16 + 4)
+      << "cuda f16 vs cpu f32 (diffusers fp16 vs f32: " << ref16 << ")";
 }
 
 INSTANTIATE_TEST_SUITE_P(Goldens, CudaTxt2Img, testing::ValuesIn(img_cases()),
@@ -421,6 +460,53 @@ INSTANTIATE_TEST_SUITE_P(Goldens, CudaTxt2Img, testing::ValuesIn(img_cases()),
                              if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
                            return s;
                          });
+
+// Out of GPU memory in an untiled VAE decode, the pipeline retries in tiles: under a memory cap
+// that a tiled decode fits and an untiled one does not, the image is the tiled image.
+TEST(CudaVaeFallback, DecodeThatRunsOutOfMemoryRetriesTiled) {
+  SKIP_UNLESS_AVAILABLE(kGpu);
+  const StableDiffusion& sd = pipeline_for("sd1-tiny", kGpu, DType::F16);
+  GenerateRequest r;
+  r.prompt = "a lighthouse";
+  r.width = r.height = 512;
+  r.steps = 2;
+  r.seed = 7;
+  // Memory a run needs beyond what is live before it (weights, the UNet's graph pool): the peak of
+  // live blocks, so the pool's cached slack does not count.
+  auto run = [&](bool tiled, size_t* need) {
+    GenerateRequest q = r;
+    q.vae_tiling = tiled;
+    cuda::synchronize(0);
+    cuda::empty_cache(0);
+    cuda::reset_peak(0);
+    const size_t before = cuda::memory_stats(0).allocated;
+    auto out = sd.generate(q);
+    cuda::synchronize(0);
+    if (need) *need = cuda::memory_stats(0).peak_allocated - before;
+    return out.at(0).rgb;
+  };
+  run(false, nullptr);  // warm-up: algorithms, workspaces and the UNet's graph
+  size_t need_whole = 0, need_tiles = 0;
+  const auto whole = run(false, &need_whole);
+  const auto tiles = run(true, &need_tiles);
+  if (whole == tiles || need_tiles + (size_t(4) << 20) >= need_whole)
+    GTEST_SKIP() << "tiled and untiled decodes are not distinguishable here (needs " << (need_tiles >> 20) << " / "
+                 << (need_whole >> 20) << " MiB)";
+  cuda::empty_cache(0);
+  const size_t base = cuda::memory_stats(0).reserved;  // live blocks and the graph's pool
+  cuda::set_memory_limit(0, base + need_tiles + (need_whole - need_tiles) / 2);
+  std::vector<uint8_t> capped;
+  try {
+    capped = run(false, nullptr);
+  } catch (...) {
+    cuda::set_memory_limit(0, 0);
+    throw;
+  }
+  cuda::set_memory_limit(0, 0);
+  EXPECT_NE(capped, whole) << "the capped request should not have decoded untiled (needs " << (need_tiles >> 20)
+                           << " / " << (need_whole >> 20) << " MiB)";
+  EXPECT_EQ(capped, tiles) << "the capped untiled request should have fallen back to the tiled decode";
+}
 
 #endif  // SDSERVE_WITH_CUDA
 

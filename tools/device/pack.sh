@@ -13,17 +13,17 @@ grep -q '^/.devbin/' .git/info/exclude || echo /.devbin/ >> .git/info/exclude
 if [ ! -f build/cuda/build.ninja ]; then
   cmake --preset cuda -DSDSERVE_ARCH=x86-64-v3 -DCMAKE_CUDA_ARCHITECTURES=90 -DSDSERVE_BUILD_BENCH=ON
 fi
-ninja -C build/cuda sdserve sdserve_unit_tests sdserve_bench
+ninja -C build/cuda sdserve sdserve_unit_tests sdserve_bench sdserve_lora_bench
 rm -rf .devbin && mkdir -p .devbin/stage/lib
-cp build/cuda/sdserve build/cuda/sdserve_unit_tests build/cuda/sdserve_bench .devbin/stage/
-strip .devbin/stage/sdserve .devbin/stage/sdserve_unit_tests .devbin/stage/sdserve_bench
+cp build/cuda/sdserve build/cuda/sdserve_unit_tests build/cuda/sdserve_bench build/cuda/sdserve_lora_bench .devbin/stage/
+strip .devbin/stage/sdserve .devbin/stage/sdserve_unit_tests .devbin/stage/sdserve_bench .devbin/stage/sdserve_lora_bench
 # Every non-system library the binaries link, except the CUDA ones the GPU machine has.
 for b in .devbin/stage/sdserve_unit_tests .devbin/stage/sdserve_bench; do
   ldd "$b" | awk '/=> \// {print $3}'
 done | sort -u | grep -v -E 'libc\.so|libm\.so|libstdc\+\+|libgcc_s|ld-linux|libcudnn|libcublas|libcuda' |
   while read -r lib; do cp -L "$lib" .devbin/stage/lib/; done
 strip --strip-unneeded .devbin/stage/lib/* 2>/dev/null || true
-tar -C .devbin/stage -cJf .devbin/bundle.tar.xz .
+XZ_OPT=-2 tar -C .devbin/stage -cJf .devbin/bundle.tar.xz .
 rm -rf .devbin/stage
 pwd > .devbin/SOURCE_DIR  # compiled into the tests as SDSERVE_SOURCE_DIR
 ls -la .devbin/

@@ -3,7 +3,9 @@
 # (tools/device/pack.sh made it). Writes logs under $OUT (default /tmp/out) and prints a short
 # summary last.
 #
-#   tools/device/run_gpu_checks.sh [tests|bench|rng|all]...   (default: all)
+#   tools/device/run_gpu_checks.sh [tests|bench|lora|rng|all]...   (default: all)
+#   env: SHARDS, TEST_TIMEOUT, BATCHES (1,4), SIDES (eager,sdserve,nograph,profile,compile),
+#        COMPILE_MODE (default), DEADLINE (seconds since start the bench must end by)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -31,7 +33,7 @@ if [[ " $what " == *" all "* || " $what " == *" tests "* ]]; then
   # CUDA tests, the device-parameterised op tests and the GPU twin of the txt2img parity suite,
   # in parallel shards (16 cores; the GPU is shared). SDSERVE_SOURCE_DIR is compiled in; the
   # fixtures are read from this checkout through the link above.
-  filter='Cuda*:Device.*:*/CudaVsCpu.*:*/CudaAttention.*:*/CudaTinyModel.*:*/CudaTxt2Img.*:AllDevices/OpTest.*cuda*'
+  filter='*Cuda*:Device.*:AllDevices/OpTest.*cuda*'
   shards=${SHARDS:-8}
   for i in $(seq 0 $((shards - 1))); do
     (cd "$root" && GTEST_TOTAL_SHARDS=$shards GTEST_SHARD_INDEX=$i OMP_NUM_THREADS=2 timeout "${TEST_TIMEOUT:-150}" \
@@ -56,9 +58,20 @@ if [[ " $what " == *" all "* || " $what " == *" bench "* ]]; then
   fi
   left=$(( ${DEADLINE:-540} - SECONDS ))
   (cd "$root" && SDSERVE_BENCH_PYTHON=python3 PYTHONUNBUFFERED=1 timeout $((left + 10)) python3 bench/run_bench.py \
-     --device cuda --batches "${BATCHES:-1,4}" --compile-mode "${COMPILE_MODE:-default}" --deadline "$left" \
+     --device cuda --batches "${BATCHES:-1,4}" --sides "${SIDES:-eager,sdserve,nograph,profile,compile}" \
+     --compile-mode "${COMPILE_MODE:-default}" --deadline "$left" \
      --bin "$work/sdserve_bench" --cache /tmp/bench-cache --json-out "$OUT/gpu_bench.json" 2>&1 |
      tee "$OUT/bench.log" | tail -30)
   summary+=("bench: $(tail -1 "$OUT/bench.log")")
+fi
+if [[ " $what " == *" all "* || " $what " == *" lora "* ]]; then
+  if [ -d .whl ] && [ -z "${PYTHONPATH:-}" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl &&
+      export PYTHONPATH=/tmp/site
+  fi
+  (cd "$root" && SDSERVE_BENCH_PYTHON=python3 PYTHONUNBUFFERED=1 timeout "${LORA_TIMEOUT:-150}" python3 bench/run_lora_bench.py \
+     --device cuda --dtype f16 --ranks "${LORA_RANKS:-32,128}" --locon --bin "$work/sdserve_lora_bench" \
+     --cache /tmp/bench-cache --json-out "$OUT/lora_bench.json" 2>&1 | tee "$OUT/lora.log" | tail -25)
+  summary+=("lora: $(tail -1 "$OUT/lora.log" | cut -c1-300)")
 fi
 printf '%s\n' "${summary[@]}"
