@@ -3,11 +3,16 @@
 #include "core/profile.h"
 #include "cpu/conv.h"
 #include "ops/dispatch.h"
+#ifdef SDSERVE_WITH_CUDA
+#include "cuda/conv.h"
+#endif
 
 namespace sdserve::ops {
 
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor* bias, const Conv2dOptions& opt) {
-  SD_PROFILE_SCOPE("conv2d");
+  const bool k1 = weight.dim() == 4 && weight.size(2) == 1 && weight.size(3) == 1;
+  const bool k3 = weight.dim() == 4 && weight.size(2) == 3 && weight.size(3) == 3;
+  SD_PROFILE_SCOPE(k1 ? "conv2d 1x1" : k3 ? "conv2d 3x3" : "conv2d");
   SD_CHECK_ARG(x.dim() == 4, "conv2d: input must be [N, C, H, W], got " + shape_str(x.shape()));
   SD_CHECK_ARG(weight.dim() == 4, "conv2d: weight must be [O, C, kh, kw], got " + shape_str(weight.shape()));
   SD_CHECK_ARG(weight.size(1) == x.size(1),
@@ -30,8 +35,25 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor* bias, const C
   Tensor bf;
   if (bias) bf = bias->to(DType::F32).contiguous();
   Tensor y = Tensor::empty({p.n, p.o, p.oh(), p.ow()}, DType::F32, x.device());
-  cpu::conv2d_f32(p, xf.data<float>(), wf.data<float>(), bias ? bf.data<float>() : nullptr, y.data<float>());
+  // One image at a time: oneDNN and the Winograd path pick other kernels and blockings for other
+  // batch sizes, and an image must come out the same whatever else is in its batch (the server's
+  // batched jobs equal their lone runs byte for byte: StableDiffusion::generate_batch).
+  cpu::Conv2dParams one = p;
+  one.n = 1;
+  const int64_t in_per = p.c * p.h * p.w, out_per = p.o * p.oh() * p.ow();
+  for (int64_t i = 0; i < p.n; ++i)
+    cpu::conv2d_f32(one, xf.data<float>() + i * in_per, wf.data<float>(), bias ? bf.data<float>() : nullptr,
+                    y.data<float>() + i * out_per);
   return x.dtype() == DType::F32 ? y : y.to(x.dtype());
+}
+
+Tensor conv2d_weight_layout(const Tensor& weight) {
+#ifdef SDSERVE_WITH_CUDA
+  if (weight.defined() && weight.dim() == 4 && weight.device().type == DeviceType::CUDA &&
+      cuda::conv_channels_last(weight.dtype()))
+    return weight.permute({0, 2, 3, 1}).contiguous().permute({0, 3, 1, 2});
+#endif
+  return weight;
 }
 
 }  // namespace sdserve::ops

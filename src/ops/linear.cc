@@ -31,8 +31,19 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor* bias) {
   Tensor bf;
   if (bias) bf = bias->to(DType::F32).contiguous();
   Tensor y = Tensor::empty(out_shape, DType::F32, x.device());
-  cpu::linear_f32(xf.data<float>(), rows, in, wf.data<float>(), out_f, bias ? bf.data<float>() : nullptr,
-                  y.data<float>());
+  // One GEMM per sample (the leading dimension; per row for a small 2-D input such as the UNet's
+  // time embedding): the GEMM's blocking, and so its rounding, depends on the row count, and a sample
+  // must come out the same whatever else is in its batch (the server's batched jobs equal their lone
+  // runs byte for byte: StableDiffusion::generate_batch). Large 2-D inputs stay one GEMM.
+  int64_t samples = 1;
+  if (x.dim() >= 3)
+    samples = x.size(0);
+  else if (x.dim() == 2 && rows <= 64)
+    samples = rows;
+  const int64_t per = samples > 0 ? rows / samples : rows;
+  for (int64_t s = 0; s < samples; ++s)
+    cpu::linear_f32(xf.data<float>() + s * per * in, per, in, wf.data<float>(), out_f,
+                    bias ? bf.data<float>() : nullptr, y.data<float>() + s * per * out_f);
   return f32 ? y : y.to(x.dtype());
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <limits>
 #include <random>
@@ -206,6 +207,8 @@ std::unique_ptr<StableDiffusion> StableDiffusion::load(const std::string& path, 
   }
   if (opt.scheduler_config_path) sd->schedule_ = ScheduleConfig::from_json(read_json_file(*opt.scheduler_config_path));
   if (opt.prediction_type) sd->schedule_.prediction_type = *opt.prediction_type;
+  sd->device_ = opt.device;
+  sd->dtype_ = opt.dtype;
   sd->unet_ = std::make_unique<UNet>(UNet::load(ucfg, usrc.with_device(opt.device), opt.dtype));
   sd->vae_ = std::make_unique<VAE>(VAE::load(vcfg, vsrc.with_device(opt.device), opt.dtype));
   sd->vae_scale_ = 1 << (vcfg.block_out_channels.size() - 1);
@@ -445,6 +448,21 @@ std::string StableDiffusion::weights_digest() const {
   return patcher_->digest();
 }
 
+std::string StableDiffusion::model_name() const {
+  const std::string& path = info().path;
+  std::string name = std::filesystem::path(path).stem().string();
+  if (name.empty()) name = std::filesystem::path(path).parent_path().filename().string();
+  return name;
+}
+
+std::string StableDiffusion::model_hash() const {
+  const std::string& path = info().path;
+  std::call_once(hash_once_, [&] {
+    if (std::filesystem::is_regular_file(path)) model_hash_ = a1111_model_hash(path);
+  });
+  return model_hash_;
+}
+
 GenerationParams StableDiffusion::infotext_params(const GenerateRequest& req, const GeneratedImage& im) const {
   GenerationParams gp;
   gp.prompt = req.prompt;
@@ -488,21 +506,34 @@ GenerationParams StableDiffusion::infotext_params(const GenerateRequest& req, co
     if (req.hires.steps > 0) gp.set_extra("Hires steps", std::to_string(req.hires.steps));
     gp.set_extra("Hires upscaler", req.hires.upscaler);
   }
-  const std::string& path = info().path;
-  gp.model_name = std::filesystem::path(path).stem().string();
-  if (gp.model_name.empty()) gp.model_name = std::filesystem::path(path).parent_path().filename().string();
-  std::call_once(hash_once_, [&] {
-    if (std::filesystem::is_regular_file(path)) model_hash_ = a1111_model_hash(path);
-  });
-  gp.model_hash = model_hash_;
+  gp.model_name = model_name();
+  gp.model_hash = model_hash();
   gp.clip_skip = req.clip_skip;
   if (req.rng == RngKind::CPU) gp.set_extra("RNG", "CPU");
   if (!lora_hashes.empty()) gp.set_extra("Lora hashes", lora_hashes);
   return gp;
 }
 
+namespace {
+// A VAE pass, tiled when asked. An untiled pass that runs out of device memory is retried tiled
+// (diffusers' tile layout), so a large image still comes out where it would not fit whole; the
+// result then differs slightly from an untiled one, exactly as with --vae-tiling.
+template <class Whole, class Tiled>
+Tensor vae_pass(bool tiled, const char* what, Whole whole, Tiled tiles) {
+  if (tiled) return tiles();
+  try {
+    return whole();
+  } catch (const ResourceError& e) {
+    std::fprintf(stderr, "sdserve: warning: VAE %s ran out of memory (%s); retrying in tiles\n", what, e.what());
+    return tiles();
+  }
+}
+}  // namespace
+
 Tensor StableDiffusion::sample_latents(const Tensor& image, bool tiled, NoiseGenerator& noise, int64_t n) const {
-  const Tensor moments = (tiled ? vae_->encode_moments_tiled(image) : vae_->encode_moments(image))
+  const Tensor moments = vae_pass(
+                             tiled, "encode", [&] { return vae_->encode_moments(image); },
+                             [&] { return vae_->encode_moments_tiled(image); })
                              .to(DType::F32)
                              .to(Device::cpu())
                              .contiguous();
@@ -561,7 +592,8 @@ size_t StableDiffusion::model_calls(const GenerateRequest& req) const {
   return calls(req, false) + calls(hires_second_pass(req), true);
 }
 
-std::vector<GeneratedImage> StableDiffusion::generate(const GenerateRequest& req, const ProgressFn& progress) const {
+std::vector<GeneratedImage> StableDiffusion::generate(const GenerateRequest& req, const ProgressFn& progress,
+                                                      const LatentsFn& on_latents) const {
   validate(req);
   const std::vector<AppliedNetwork> networks = resolve_loras(req);
   std::lock_guard<std::mutex> lk(run_mu_);
@@ -572,7 +604,11 @@ std::vector<GeneratedImage> StableDiffusion::generate(const GenerateRequest& req
   for (int64_t i = 0; i < req.batch_size; ++i) seeds.push_back(seed + i);
   const int total = int(model_calls(req));
   int done = 0;
-  const auto tick = [&] { return !progress || progress(++done, total); };
+  const auto tick = [&](const Tensor& latents) {
+    ++done;
+    if (on_latents) on_latents(done, latents);
+    return !progress || progress(done, total);
+  };
   if (!req.hires.enabled) return decode(sample(req, seeds, {}, tick), req.vae_tiling, seeds);
 
   // Hires fix (A1111's enable_hr): the txt2img image of the same seed, upscaled, then img2img at the
@@ -595,7 +631,7 @@ std::vector<GeneratedImage> StableDiffusion::generate(const GenerateRequest& req
       rgb.height = im.height;
       rgb.pixels = im.rgb;
       if (up.mode == 2) {
-        const Upscaler net = Upscaler::open(up_path);
+        const Upscaler net = Upscaler::open(up_path, device_, dtype_);
         const Rgb8Image big = net.upscale_to(rgb.pixels.data(), rgb.width, rgb.height, second.width, second.height);
         rgb.width = big.width;
         rgb.height = big.height;
@@ -611,8 +647,21 @@ std::vector<GeneratedImage> StableDiffusion::generate(const GenerateRequest& req
   return decode(sample(second, seeds, in, tick), req.vae_tiling, seeds);
 }
 
-Tensor StableDiffusion::sample(const GenerateRequest& req, const std::vector<int64_t>& seeds, const PassInput& in,
-                               const std::function<bool()>& tick) const {
+struct StableDiffusion::Pass {
+  const GenerateRequest* req = nullptr;
+  int64_t n = 1;
+  bool cfg = false, inpaint_model = false;
+  Tensor context;
+  std::unique_ptr<Sampler> sampler;
+  std::unique_ptr<NoiseGenerator> noise;
+  size_t begin = 0, calls = 0;
+  int64_t lc = 4, lh = 0, lw = 0;
+  Tensor latents, image_latents, first_noise, mask_latent, masked_image_latents;
+};
+
+std::unique_ptr<StableDiffusion::Pass> StableDiffusion::start_pass(const GenerateRequest& req,
+                                                                   const std::vector<int64_t>& seeds,
+                                                                   const PassInput& in) const {
   const int64_t n = req.batch_size;
   const bool cfg = req.cfg_scale > 1.f;  // diffusers: guidance only when scale > 1
   // Extra-network tags come out of the positive prompt (A1111 leaves the negative one as is).
@@ -634,12 +683,15 @@ Tensor StableDiffusion::sample(const GenerateRequest& req, const std::vector<int
     context = ops::concat({repeat_batch(uncond, n), repeat_batch(cond, n)}, 0);
   }
 
-  auto sampler = make_sampler(req, schedule_);
+  auto pass = std::make_unique<Pass>();
+  pass->sampler = make_sampler(req, schedule_);
+  Sampler* sampler = pass->sampler.get();
   sampler->set_noise_seeds(req.rng, std::vector<uint64_t>(seeds.begin(), seeds.end()));
   const bool img2img = req.init_image || in.pixels || in.latents;
   const size_t begin = begin_index(req, *sampler, img2img);
   sampler->set_begin_index(begin);
-  PerImageNoise noise(req.rng, seeds);
+  pass->noise = std::make_unique<PerImageNoise>(req.rng, seeds);
+  NoiseGenerator& noise = *pass->noise;
   const int64_t lc = vae_->config().latent_channels;
   const int64_t lh = req.height / vae_scale_, lw = req.width / vae_scale_;
   const Shape latent_shape{n, lc, lh, lw};
@@ -713,58 +765,221 @@ Tensor StableDiffusion::sample(const GenerateRequest& req, const std::vector<int
     }
   }
 
-  const size_t calls = sampler->num_model_calls();
-  for (size_t i = begin; i < calls; ++i) {
-    Tensor scaled = sampler->scale_model_input(latents, i);
-    // An inpainting UNet's extra input: [latents | mask | masked image latents].
-    if (inpaint_model) scaled = ops::concat({scaled, mask_latent, masked_image_latents}, 1);
-    const Tensor input = cfg ? ops::concat({scaled, scaled}, 0) : scaled;
-    const Tensor pred =
-        unet_->forward(input, {sampler->timesteps()[i]}, context).to(DType::F32).to(Device::cpu()).contiguous();
-    Tensor guided = pred;
-    if (cfg) {
-      const int64_t per = latents.numel();
-      guided = Tensor::empty(latents.shape(), DType::F32);
-      const float* u = pred.data<float>();
-      const float* c = u + per;
-      float* g = guided.data<float>();
-      for (int64_t k = 0; k < per; ++k) g[k] = u[k] + req.cfg_scale * (c[k] - u[k]);
-      if (req.guidance_rescale > 0.f) {
-        // diffusers rescale_noise_cfg: match the std of the text prediction, per sample.
-        const int64_t each = per / n;
-        for (int64_t b = 0; b < n; ++b) {
-          double sc = 0, sg = 0, mc = 0, mg = 0;
-          for (int64_t k = 0; k < each; ++k) mc += c[b * each + k], mg += g[b * each + k];
-          mc /= double(each), mg /= double(each);
-          for (int64_t k = 0; k < each; ++k) {
-            sc += std::pow(c[b * each + k] - mc, 2);
-            sg += std::pow(g[b * each + k] - mg, 2);
-          }
-          const double ratio = std::sqrt(sc / double(each - 1)) / std::sqrt(sg / double(each - 1));
-          for (int64_t k = 0; k < each; ++k) {
-            float& v = g[b * each + k];
-            v = float(req.guidance_rescale * (v * ratio) + (1.0 - req.guidance_rescale) * v);
-          }
+  pass->req = &req;
+  pass->n = n;
+  pass->cfg = cfg;
+  pass->inpaint_model = inpaint_model;
+  pass->context = context;
+  pass->begin = begin;
+  pass->calls = sampler->num_model_calls();
+  pass->lc = lc;
+  pass->lh = lh;
+  pass->lw = lw;
+  pass->latents = latents;
+  pass->image_latents = image_latents;
+  pass->first_noise = first_noise;
+  pass->mask_latent = mask_latent;
+  pass->masked_image_latents = masked_image_latents;
+  return pass;
+}
+
+Tensor StableDiffusion::pass_input(Pass& p, size_t i) const {
+  Tensor scaled = p.sampler->scale_model_input(p.latents, i);
+  // An inpainting UNet's extra input: [latents | mask | masked image latents].
+  if (p.inpaint_model) scaled = ops::concat({scaled, p.mask_latent, p.masked_image_latents}, 1);
+  return p.cfg ? ops::concat({scaled, scaled}, 0) : scaled;
+}
+
+void StableDiffusion::pass_step(Pass& p, size_t i, const Tensor& pred) const {
+  const GenerateRequest& req = *p.req;
+  const int64_t n = p.n, lc = p.lc, lh = p.lh, lw = p.lw;
+  const bool cfg = p.cfg, inpaint_model = p.inpaint_model;
+  const size_t calls = p.calls;
+  Sampler* sampler = p.sampler.get();
+  Tensor& latents = p.latents;
+  const Tensor& image_latents = p.image_latents;
+  const Tensor& mask_latent = p.mask_latent;
+  const Tensor& first_noise = p.first_noise;
+  Tensor guided = pred;
+  if (cfg) {
+    const int64_t per = latents.numel();
+    guided = Tensor::empty(latents.shape(), DType::F32);
+    const float* u = pred.data<float>();
+    const float* c = u + per;
+    float* g = guided.data<float>();
+    for (int64_t k = 0; k < per; ++k) g[k] = u[k] + req.cfg_scale * (c[k] - u[k]);
+    if (req.guidance_rescale > 0.f) {
+      // diffusers rescale_noise_cfg: match the std of the text prediction, per sample.
+      const int64_t each = per / n;
+      for (int64_t b = 0; b < n; ++b) {
+        double sc = 0, sg = 0, mc = 0, mg = 0;
+        for (int64_t k = 0; k < each; ++k) mc += c[b * each + k], mg += g[b * each + k];
+        mc /= double(each), mg /= double(each);
+        for (int64_t k = 0; k < each; ++k) {
+          sc += std::pow(c[b * each + k] - mc, 2);
+          sg += std::pow(g[b * each + k] - mg, 2);
+        }
+        const double ratio = std::sqrt(sc / double(each - 1)) / std::sqrt(sg / double(each - 1));
+        for (int64_t k = 0; k < each; ++k) {
+          float& v = g[b * each + k];
+          v = float(req.guidance_rescale * (v * ratio) + (1.0 - req.guidance_rescale) * v);
         }
       }
     }
-    latents = sampler->step(guided, i, latents, noise);
-    if (image_latents.defined() && mask_latent.defined() && !inpaint_model) {
-      // 4-channel inpaint: outside the mask, the original noised to the next call's level.
-      const Tensor proper = i + 1 < calls ? sampler->add_noise(image_latents, first_noise, i + 1) : image_latents;
-      const float* o = proper.data<float>();
-      const float* mk = mask_latent.data<float>();
-      float* l = latents.data<float>();
-      const int64_t per_image = lc * lh * lw, plane = lh * lw;
-      for (int64_t k = 0; k < latents.numel(); ++k) {
-        const float w = mk[(k / per_image) * plane + k % plane];
-        l[k] = (1.0f - w) * o[k] + w * l[k];
+  }
+  latents = sampler->step(guided, i, latents, *p.noise);
+  if (image_latents.defined() && mask_latent.defined() && !inpaint_model) {
+    // 4-channel inpaint: outside the mask, the original noised to the next call's level.
+    const Tensor proper = i + 1 < calls ? sampler->add_noise(image_latents, first_noise, i + 1) : image_latents;
+    const float* o = proper.data<float>();
+    const float* mk = mask_latent.data<float>();
+    float* l = latents.data<float>();
+    const int64_t per_image = lc * lh * lw, plane = lh * lw;
+    for (int64_t k = 0; k < latents.numel(); ++k) {
+      const float w = mk[(k / per_image) * plane + k % plane];
+      l[k] = (1.0f - w) * o[k] + w * l[k];
+    }
+  }
+}
+
+Tensor StableDiffusion::sample(const GenerateRequest& req, const std::vector<int64_t>& seeds, const PassInput& in,
+                               const std::function<bool(const Tensor& latents)>& tick) const {
+  const std::unique_ptr<Pass> p = start_pass(req, seeds, in);
+  for (size_t i = p->begin; i < p->calls; ++i) {
+    const Tensor pred = unet_->forward(pass_input(*p, i), {p->sampler->timesteps()[i]}, p->context)
+                            .to(DType::F32)
+                            .to(Device::cpu())
+                            .contiguous();
+    pass_step(*p, i, pred);
+    if (tick && !tick(p->latents)) throw Cancelled();
+  }
+  return p->latents;
+}
+
+std::string StableDiffusion::batch_key(const GenerateRequest& req) const {
+  validate(req);
+  if (req.hires.enabled) return {};
+  const SamplerChoice choice = parse_sampler(req.sampler, req.schedule);
+  // What the shared UNet calls need alike: input shape and kind, timesteps, weights, CFG layout and
+  // the conditioning's length (each request's cond and uncond are padded to the longer of the two).
+  const size_t cond_chunks = chunks(parse_extra_networks(req.prompt).prompt).size();
+  const size_t uncond_chunks = req.cfg_scale > 1.f ? chunks(req.negative_prompt).size() : 0;
+  std::string key = std::string(req.init_image ? "img2img" : "txt2img") + "|" + std::to_string(req.width) + "x" +
+                    std::to_string(req.height) + "|" + sampler_name(choice.sampler) + "|" +
+                    schedule_name(choice.schedule) + "|" + std::to_string(req.steps) + "|" +
+                    (req.cfg_scale > 1.f ? "cfg" : "nocfg") + "|" +
+                    std::to_string(std::max(cond_chunks, uncond_chunks)) + "|";
+  if (req.init_image) {
+    const auto sampler = make_sampler(req, schedule_);
+    key += "begin " + std::to_string(begin_index(req, *sampler, true)) + (req.mask ? "|mask" : "|nomask") +
+           (req.init_latent_resize ? "|latent-resize " : "|") + std::to_string(req.init_image->width) + "x" +
+           std::to_string(req.init_image->height) + "|";
+  }
+  // The LoRA set, exactly (it is merged into the shared weights): file identity and multipliers.
+  for (const AppliedNetwork& a : resolve_loras(req)) {
+    char w[64];
+    std::snprintf(w, sizeof w, ":%.9g:%.9g;", double(a.te_multiplier), double(a.unet_multiplier));
+    key += a.network->name() + "#" + a.network->short_hash() + w;
+  }
+  return key;
+}
+
+void StableDiffusion::generate_batch(const std::vector<GenerateRequest>& reqs, const std::vector<ProgressFn>& progress,
+                                     const std::function<void(size_t, BatchResult)>& done,
+                                     const std::function<void()>& on_model_call) const {
+  SD_CHECK_ARG(progress.empty() || progress.size() == reqs.size(), "generate_batch: one progress function per request");
+  if (reqs.empty()) return;
+  std::vector<bool> ended(reqs.size(), false);
+  const auto finish = [&](size_t k, BatchResult r) {
+    if (ended[k]) return;
+    ended[k] = true;
+    if (done) done(k, std::move(r));
+  };
+  const auto fail = [&](size_t k) {
+    BatchResult r;
+    r.error = std::current_exception();
+    finish(k, std::move(r));
+  };
+  try {
+    std::string key;
+    for (size_t k = 0; k < reqs.size(); ++k) {
+      const std::string kk = batch_key(reqs[k]);
+      SD_CHECK_ARG(!kk.empty(), "generate_batch: request " + std::to_string(k) + " cannot be batched (hires fix)");
+      if (k == 0) key = kk;
+      SD_CHECK_ARG(kk == key, "generate_batch: request " + std::to_string(k) + " is not compatible with request 0");
+    }
+    const std::vector<AppliedNetwork> networks = resolve_loras(reqs[0]);
+    std::lock_guard<std::mutex> lk(run_mu_);
+    patcher_->apply(networks);
+    // Each request's state, prepared as sample() prepares it (its own seeds, noise and encodings).
+    std::vector<std::vector<int64_t>> seeds(reqs.size());
+    std::vector<std::unique_ptr<Pass>> passes(reqs.size());
+    for (size_t k = 0; k < reqs.size(); ++k) {
+      try {
+        int64_t seed = reqs[k].seed;
+        if (seed < 0) seed = int64_t(std::random_device{}() & 0xFFFFFFFFu);
+        for (int64_t i = 0; i < reqs[k].batch_size; ++i) seeds[k].push_back(seed + i);
+        passes[k] = start_pass(reqs[k], seeds[k], {});
+      } catch (...) {
+        fail(k);
       }
     }
-    if (tick && !tick()) throw Cancelled();
+    size_t begin = 0, calls = 0;
+    for (const auto& p : passes)
+      if (p) begin = p->begin, calls = p->calls;
+    std::vector<int> ticks(reqs.size(), 0);
+    const int total = int(calls - begin);
+    for (size_t i = begin; i < calls; ++i) {
+      std::vector<Tensor> inputs, contexts;
+      std::vector<size_t> active;
+      for (size_t k = 0; k < reqs.size(); ++k)
+        if (passes[k] && !ended[k]) {
+          active.push_back(k);
+          inputs.push_back(pass_input(*passes[k], i));
+          contexts.push_back(passes[k]->context);
+        }
+      if (active.empty()) break;
+      const Tensor input = inputs.size() == 1 ? inputs[0] : ops::concat(inputs, 0);
+      const Tensor context = contexts.size() == 1 ? contexts[0] : ops::concat(contexts, 0);
+      const Tensor pred = unet_->forward(input, {passes[active[0]]->sampler->timesteps()[i]}, context)
+                              .to(DType::F32)
+                              .to(Device::cpu())
+                              .contiguous();
+      if (on_model_call) on_model_call();
+      int64_t row = 0;
+      for (size_t a = 0; a < active.size(); ++a) {
+        const size_t k = active[a];
+        const int64_t rows = inputs[a].size(0);
+        const Tensor part = pred.narrow(0, row, rows).contiguous();
+        row += rows;
+        try {
+          pass_step(*passes[k], i, part);
+          ++ticks[k];
+          if (!progress.empty() && progress[k] && !progress[k](ticks[k], total)) {
+            BatchResult r;
+            r.canceled = true;
+            finish(k, std::move(r));
+          }
+        } catch (...) {
+          fail(k);
+        }
+      }
+    }
+    // Each request decodes alone, as generate() decodes it.
+    for (size_t k = 0; k < reqs.size(); ++k) {
+      if (ended[k] || !passes[k]) continue;
+      try {
+        BatchResult r;
+        r.images = decode(passes[k]->latents, reqs[k].vae_tiling, seeds[k]);
+        passes[k].reset();
+        finish(k, std::move(r));
+      } catch (...) {
+        fail(k);
+      }
+    }
+  } catch (...) {
+    for (size_t k = 0; k < reqs.size(); ++k) fail(k);
   }
-
-  return latents;
 }
 
 std::vector<GeneratedImage> StableDiffusion::decode(const Tensor& latents, bool tiled,
@@ -776,7 +991,11 @@ std::vector<GeneratedImage> StableDiffusion::decode(const Tensor& latents, bool 
     float* p = z.data<float>();
     for (int64_t i = 0; i < z.numel(); ++i) p[i] = p[i] / vc.scaling_factor + vc.shift_factor;
   }
-  const Tensor images = (tiled ? vae_->decode_tiled(z) : vae_->decode(z)).to(DType::F32).to(Device::cpu()).contiguous();
+  const Tensor images = vae_pass(
+                            tiled, "decode", [&] { return vae_->decode(z); }, [&] { return vae_->decode_tiled(z); })
+                            .to(DType::F32)
+                            .to(Device::cpu())
+                            .contiguous();
   std::vector<GeneratedImage> out;
   for (int64_t b = 0; b < n; ++b) {
     GeneratedImage im;

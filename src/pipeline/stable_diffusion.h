@@ -2,6 +2,7 @@
 // as diffusers' StableDiffusionPipeline: same prompt encoding, latents, CFG batch,
 // sampler and VAE decode, so a seed gives a diffusers user's image.
 #pragma once
+#include <exception>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -152,9 +153,20 @@ struct GeneratedImage {
 
 // Called after every model evaluation; return false to cancel (the call then throws Cancelled).
 using ProgressFn = std::function<bool(int step, int total)>;
+// Called after model call `step` (before ProgressFn) with the current latents, [n, C, H/8, W/8]
+// scaled, f32 on the host (live previews; server/extras.h). Not called when empty.
+using LatentsFn = std::function<void(int step, const Tensor& latents)>;
 
 struct Cancelled : Error {
   Cancelled() : Error(ErrorKind::InvalidArgument, "generation canceled") {}
+};
+
+// What generate_batch() reports for one of its requests: the images, or that it was canceled (its
+// progress function returned false; the others go on), or the error it failed with.
+struct BatchResult {
+  std::vector<GeneratedImage> images;
+  bool canceled = false;
+  std::exception_ptr error;
 };
 
 // The model's own tokenizer/ folder, else the bundled CLIP vocabulary (single files).
@@ -182,10 +194,26 @@ class StableDiffusion {
   // Generations on one model run one at a time (a request's LoRA set is merged into the shared
   // weights for its duration); concurrent calls wait.
   // txt2img, img2img or inpaint, as the request says (init_image, mask).
-  std::vector<GeneratedImage> generate(const GenerateRequest& req, const ProgressFn& progress = {}) const;
+  std::vector<GeneratedImage> generate(const GenerateRequest& req, const ProgressFn& progress = {},
+                                       const LatentsFn& on_latents = {}) const;
   std::vector<GeneratedImage> txt2img(const GenerateRequest& req, const ProgressFn& progress = {}) const {
     return generate(req, progress);
   }
+  // Several requests as one UNet batch (the server's batching of compatible jobs): every request
+  // keeps its own prompts, seeds, noise streams, sampler state, CFG scale and VAE decode; only the
+  // UNet evaluations are shared, so each request's images are bit for bit those generate() gives
+  // it alone (the UNet's kernels are batch-invariant on the CPU; tests/unit/test_batch.cc).
+  // Requests must have equal, non-empty batch_key()s. `progress[k]` (may be empty) is request k's;
+  // when it returns false, request k drops out and the others go on. `done(k, result)` is called
+  // once per request, as soon as it ends; `on_model_call` after every shared UNet evaluation.
+  void generate_batch(const std::vector<GenerateRequest>& reqs, const std::vector<ProgressFn>& progress,
+                      const std::function<void(size_t, BatchResult)>& done,
+                      const std::function<void()>& on_model_call = {}) const;
+  // Requests with equal non-empty keys can run through generate_batch() together: same size,
+  // sampler, schedule, steps and (img2img) strength, the same LoRA set, CFG on or off alike and
+  // prompts of as many 75-token chunks. Empty for requests that run alone (the hires fix).
+  // Throws what validate() throws.
+  std::string batch_key(const GenerateRequest& req) const;
   // Model calls a request makes (what ProgressFn counts to): after img2img's strength cut.
   size_t model_calls(const GenerateRequest& req) const;
   // UNet input channels: 4, or 9 for an inpainting model.
@@ -217,6 +245,12 @@ class StableDiffusion {
   // its A1111 hash (computed once per model).
   GenerationParams infotext_params(const GenerateRequest& req, const GeneratedImage& im) const;
 
+  // The model's name as A1111 writes it ("Model: ..."): the file stem of a single file, the folder
+  // name of a diffusers folder.
+  std::string model_name() const;
+  // A1111's "Model hash" of a single file (first 10 hex digits of its SHA-256, computed once per
+  // model); empty for a diffusers folder.
+  std::string model_hash() const;
   // Names of the networks in LoadOptions::lora_dir (empty without one).
   std::vector<std::string> lora_names() const { return loras_->names(); }
   // The hires fix's upscalers: hires_upscaler_names() and the files in LoadOptions::upscaler_dir.
@@ -241,6 +275,8 @@ class StableDiffusion {
   mutable std::once_flag hash_once_;
   mutable std::string model_hash_;
   std::optional<std::string> upscaler_dir_;
+  Device device_ = Device::cpu();  // where the models run (LoadOptions::device), and the upscalers
+  DType dtype_ = DType::F32;
   // The path of upscaler `name` in upscaler_dir_, or empty.
   std::string upscaler_path(const std::string& name) const;
 
@@ -249,9 +285,18 @@ class StableDiffusion {
     const Tensor* pixels = nullptr;   // [1 or n, 3, H, W] in [-1, 1]
     const Tensor* latents = nullptr;  // [n, latent, H/8, W/8], scaled
   };
+  // One request's sampling state between model calls (prompt conditioning, sampler, noise streams,
+  // latents, inpaint inputs); sample() and generate_batch() drive it.
+  struct Pass;
+  std::unique_ptr<Pass> start_pass(const GenerateRequest& req, const std::vector<int64_t>& seeds,
+                                   const PassInput& in) const;
+  // The UNet input of model call i (CFG: [scaled; scaled]).
+  Tensor pass_input(Pass& p, size_t i) const;
+  // Guidance, the sampler step and the inpaint blend from the UNet output of call i ([2n or n, ...] f32 host).
+  void pass_step(Pass& p, size_t i, const Tensor& pred) const;
   // Prompt encoding and the sampling loop; returns the final latents. `tick` after every model call.
   Tensor sample(const GenerateRequest& req, const std::vector<int64_t>& seeds, const PassInput& in,
-                const std::function<bool()>& tick) const;
+                const std::function<bool(const Tensor& latents)>& tick) const;
   std::vector<GeneratedImage> decode(const Tensor& latents, bool tiled, const std::vector<int64_t>& seeds) const;
 
   // Latents of a [1 or n, 3, H, W] image in [-1, 1] for each of n images: the VAE posterior's mean +
