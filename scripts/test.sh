@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests (release and ASan/UBSan builds), CLI black-box tests,
 # and a short libFuzzer smoke run of each fuzz target.
-#   FUZZ_SECONDS=N  seconds per fuzz target (default 60; 0 skips fuzzing)
+#   FUZZ_SECONDS=N  seconds per fuzz target (default 20; 0 skips fuzzing)
 #   SKIP_ASAN=1     skip the sanitizer build (quick local iterations)
 #   SKIP_CUDA=1     skip the CUDA compile check (it runs when /usr/local/cuda/bin/nvcc exists)
 set -euo pipefail
@@ -42,9 +42,15 @@ if [[ "${SKIP_ASAN:-0}" != 1 ]]; then
   cmake --build build/asan -j "$jobs"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --test-dir build/asan --output-on-failure -j "$jobs"
+  # The HTTP service under ASan/UBSan: the server's black-box tests (the load test in its short
+  # version) against the sanitized binary; any report aborts the server and fails its test.
+  echo "== ASan/UBSan server tests"
+  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    SDSERVE_E2E_SANITIZED=1 SDSERVE_E2E_LOAD_JOBS=100 SDSERVE_BIN="$here/build/asan/sdserve" \
+    python3 -m pytest -q tests/e2e/test_server.py tests/e2e/test_a1111_api.py tests/e2e/test_url_fetch.py
 fi
 
-fuzz_seconds=${FUZZ_SECONDS:-60}
+fuzz_seconds=${FUZZ_SECONDS:-20}
 if ((fuzz_seconds > 0)); then
   echo "== fuzz smoke (${fuzz_seconds}s per target)"
   cmake --preset fuzz >/dev/null

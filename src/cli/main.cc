@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 #include <CLI/CLI.hpp>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -13,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "cli/pull.h"
 #include "core/error.h"
 #include "cpu/gemm.h"
 #include "io/image.h"
@@ -23,6 +25,7 @@
 #include "io/safetensors.h"
 #include "io/torch_checkpoint.h"
 #include "models/loader.h"
+#include "net/hub.h"
 #include "pipeline/img2img.h"
 #include "pipeline/stable_diffusion.h"
 #include "pipeline/tokenizer.h"
@@ -244,7 +247,8 @@ int cmd_generate(GenerateArgs& a) {
   for (const std::string& l : a.loras) a.req.loras.push_back(parse_lora_arg(l));
   const std::optional<sd::PreparedImg2Img> prep = prepare_image_inputs(a);
   sd::validate_request(a.req);  // bad sizes, steps or sampler names fail before loading anything
-  const auto model = sd::StableDiffusion::load(a.model, a.load);  // checks a.load before reading the model
+  const std::string model_path = sd::cli::resolve_model_arg(a.model, /*json_log=*/false);  // demo, repo id, URL
+  const auto model = sd::StableDiffusion::load(model_path, a.load);  // checks a.load before reading the model
   model->validate(a.req);
   const bool tty = isatty(STDERR_FILENO);
   const auto start = std::chrono::steady_clock::now();
@@ -278,7 +282,7 @@ int cmd_generate(GenerateArgs& a) {
 }
 
 struct UpscaleArgs {
-  std::string upscaler, input, output, upscaler_dir;
+  std::string upscaler, input, output, upscaler_dir, device = "cpu", dtype = "auto";
   int tile = 192, tile_overlap = 16;
   double scale = 0;  // 0: the network's own scale
 };
@@ -290,6 +294,8 @@ CLI::App* add_upscale_command(CLI::App& app, UpscaleArgs& a) {
                  "ESRGAN/Real-ESRGAN, SRVGGNetCompact) or a model's name in --upscaler-dir")
       ->required();
   up->add_option("--upscaler-dir", a.upscaler_dir, "folder of upscaler models, found by file stem");
+  up->add_option("--device", a.device, "cpu (default) or cuda[:N]");
+  up->add_option("--dtype", a.dtype, "auto (default: f16 on cuda, f32 on cpu), f32, f16 or bf16");
   up->add_option("--tile", a.tile, "tile size in input pixels (default 192; 0 = whole image at once)");
   up->add_option("--tile-overlap", a.tile_overlap, "pixels neighbouring tiles share, blended (default 16)");
   up->add_option("--scale", a.scale,
@@ -347,7 +353,8 @@ int cmd_upscale(const UpscaleArgs& a) {
       }
     }
   }
-  const sd::Upscaler up = sd::Upscaler::open(path);
+  const sd::Device device = sd::parse_device(a.device);
+  const sd::Upscaler up = sd::Upscaler::open(path, device, compute_dtype(a.dtype, device));
   const bool tty = isatty(STDERR_FILENO);
   sd::UpscaleOptions opt;
   opt.tile = a.tile;
@@ -429,7 +436,11 @@ int main(int argc, char** argv) {
 
   GenerateArgs gen;
   auto* generate = app.add_subcommand("generate", "txt2img: write PNG(s) with A1111 'parameters' metadata");
-  generate->add_option("--model", gen.model, "model file or folder")->required();
+  generate
+      ->add_option("--model", gen.model,
+                   "model file or folder, a Hugging Face repo id (org/name; pulled into the cache on first use), "
+                   "an http(s) URL, or demo (built-in, random weights)")
+      ->required();
   generate->add_option("--prompt", gen.req.prompt, "prompt")->required();
   generate->add_option("--negative-prompt", gen.req.negative_prompt, "negative prompt");
   generate->add_option("--steps", gen.req.steps, "sampling steps (default 20)");
@@ -492,10 +503,18 @@ int main(int argc, char** argv) {
   ConvertArgs convert_args;
   auto* convert = add_convert_command(app, convert_args);
 
+  sd::cli::PullArgs pull_args;
+  auto* pull = sd::cli::add_pull_command(app, pull_args);
+
   sd::server::ServeOptions so;
   std::string serve_device = "cpu", serve_dtype = "auto", api_key_file;
   auto* serve = app.add_subcommand("serve", "Run the HTTP service (docs/API.md)");
-  serve->add_option("--model", so.model, "model file or folder")->envname("SDSERVE_MODEL")->required();
+  serve
+      ->add_option("--model", so.model,
+                   "model file or folder, a Hugging Face repo id (pulled into the cache on first start), an "
+                   "http(s) URL, or demo (built-in, random weights); default " +
+                       std::string(sd::net::kDefaultModelRepo))
+      ->envname("SDSERVE_MODEL");
   serve->add_option("--host", so.host, "address to listen on (default 0.0.0.0)")->envname("SDSERVE_HOST");
   serve->add_option("--port", so.port, "port (default 7860; 0 = any free port, printed in the log)")
       ->envname("SDSERVE_PORT");
@@ -526,6 +545,26 @@ int main(int argc, char** argv) {
   serve->add_option("--max-image-pixels", so.limits.max_image_pixels, "largest init image/mask (default 4096*4096)")
       ->envname("SDSERVE_MAX_IMAGE_PIXELS");
   serve->add_option("--max-batch", so.limits.max_batch, "largest batch (default 8)")->envname("SDSERVE_MAX_BATCH");
+  serve
+      ->add_option("--models-dir", so.models_dir,
+                   "folder of models (diffusers folders, .safetensors files) to list and switch between at run time; "
+                   "--model then names one of them (default: the first)")
+      ->envname("SDSERVE_MODELS_DIR");
+  serve
+      ->add_option("--models-memory-mb", so.models_memory_mb,
+                   "keep loaded models while their sizes fit in this many MiB, least recently used out first "
+                   "(default 0: one model at a time)")
+      ->envname("SDSERVE_MODELS_MEMORY_MB");
+  serve
+      ->add_option("--max-batch-jobs", so.max_batch_jobs,
+                   "compatible queued jobs run as one UNet batch, at most this many (default 4; 1 = off)")
+      ->envname("SDSERVE_MAX_BATCH_JOBS")
+      ->check(CLI::Range(1, 64));
+  serve
+      ->add_option("--batch-wait-ms", so.batch_wait_ms,
+                   "milliseconds a job waits for compatible jobs to batch with (default 0: only jobs already queued)")
+      ->envname("SDSERVE_BATCH_WAIT_MS")
+      ->check(CLI::Range(0, 10000));
   serve->add_option("--keep-jobs", so.keep_finished, "finished jobs kept for fetching (default 256)")
       ->envname("SDSERVE_KEEP_JOBS");
   int64_t job_ttl = 3600, drain_timeout = 110;
@@ -533,6 +572,19 @@ int main(int argc, char** argv) {
       ->envname("SDSERVE_JOB_TTL");
   serve->add_option("--drain-timeout", drain_timeout, "seconds to finish jobs after SIGTERM (default 110)")
       ->envname("SDSERVE_DRAIN_TIMEOUT");
+  double url_fetch_timeout = 10;
+  serve
+      ->add_flag("--allow-url-fetch", so.allow_url_fetch,
+                 "download init images given by URL (\"url\", \"init_image_url\", \"mask_url\"); public "
+                 "http(s) addresses only")
+      ->envname("SDSERVE_ALLOW_URL_FETCH");
+  serve->add_option("--url-fetch-timeout", url_fetch_timeout, "seconds for one URL fetch, redirects included (10)")
+      ->envname("SDSERVE_URL_FETCH_TIMEOUT");
+  // Tests only (hidden): one host:port the address guard lets through, so a loopback test server
+  // can stand for a public host.
+  serve->add_option("--url-fetch-allow-test-host", so.url_fetch_allow_test_host)
+      ->envname("SDSERVE_URL_FETCH_ALLOW_TEST_HOST")
+      ->group("");
 
   try {
     app.parse(argc, argv);
@@ -556,6 +608,7 @@ int main(int argc, char** argv) {
     }
     if (*upscale) return cmd_upscale(up_args);
     if (*convert) return cmd_convert(convert_args);
+    if (*pull) return sd::cli::cmd_pull(pull_args);
     if (*serve) {
       so.load.device = sd::parse_device(serve_device);
       so.load.dtype = compute_dtype(serve_dtype, so.load.device);
@@ -572,7 +625,25 @@ int main(int argc, char** argv) {
       SD_CHECK_ARG(job_ttl >= 1 && drain_timeout >= 0, "--job-ttl and --drain-timeout must be positive");
       so.job_ttl = std::chrono::seconds(job_ttl);
       so.drain_timeout = std::chrono::seconds(drain_timeout);
+      SD_CHECK_ARG(url_fetch_timeout > 0 && url_fetch_timeout <= 600,
+                   "--url-fetch-timeout must be in (0, 600] seconds");
+      so.url_fetch_timeout = std::chrono::milliseconds(int64_t(url_fetch_timeout * 1000));
+      if (!so.url_fetch_allow_test_host.empty()) {
+        for (char& c : so.url_fetch_allow_test_host) c = char(std::tolower(static_cast<unsigned char>(c)));
+        const size_t colon = so.url_fetch_allow_test_host.rfind(':');
+        SD_CHECK_ARG(colon != std::string::npos && colon > 0 && colon + 1 < so.url_fetch_allow_test_host.size(),
+                     "--url-fetch-allow-test-host must be HOST:PORT");
+        std::fprintf(stderr,
+                     "sdserve: warning: --url-fetch-allow-test-host lets URL fetches reach %s; for tests only\n",
+                     so.url_fetch_allow_test_host.c_str());
+      }
       so.version = std::string("sdserve ") + SDSERVE_VERSION;
+      // No --model: $SDSERVE_MODEL (CLI11 reads it), else SD1.5 from the hub, pulled on the first start.
+      // With --models-dir, --model is a name in that folder (or a local path), resolved by serve().
+      if (so.models_dir.empty()) {
+        if (so.model.empty()) so.model = sd::net::kDefaultModelRepo;
+        so.model = sd::cli::resolve_model_arg(so.model, /*json_log=*/true);
+      }
       return sd::server::serve(so);
     }
   } catch (const sd::Error& e) {

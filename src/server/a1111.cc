@@ -12,6 +12,7 @@
 #include "io/infotext.h"
 #include "io/png.h"
 #include "pipeline/scheduler.h"
+#include "server/extras.h"
 #include "server/http_util.h"
 
 namespace sdserve::server {
@@ -20,15 +21,17 @@ using json = nlohmann::json;
 
 namespace {
 
-std::string model_title(const StableDiffusion& m) {
-  GenerateRequest r;
-  GeneratedImage im;
-  const GenerationParams gp = m.infotext_params(r, im);
-  return gp.model_hash.empty() ? gp.model_name : gp.model_name + " [" + gp.model_hash + "]";
+// The catalog entry of the model a job ran on (null if none).
+const ModelEntry* job_model(const JobManager& jobs, const Job& j) {
+  try {
+    return &jobs.catalog().find(j.model);
+  } catch (const std::exception&) {
+    return nullptr;
+  }
 }
 
 // A1111's processing.Processed.js(): the `info` string of a txt2img answer.
-std::string info_json(const Job& j, const StableDiffusion* m) {
+std::string info_json(const Job& j, const std::string& model_title, bool inpainting_model) {
   const GenerateRequest& r = j.req;
   json all_prompts = json::array(), all_neg = json::array();
   for (size_t i = 0; i < j.seeds.size(); ++i) {
@@ -52,7 +55,7 @@ std::string info_json(const Job& j, const StableDiffusion* m) {
                {"batch_size", r.batch_size},
                {"restore_faces", false},
                {"face_restoration_model", nullptr},
-               {"sd_model_name", m ? model_title(*m) : ""},
+               {"sd_model_name", model_title},
                {"seed_resize_from_w", -1},
                {"seed_resize_from_h", -1},
                {"denoising_strength", r.init_image      ? json(r.strength)
@@ -64,7 +67,7 @@ std::string info_json(const Job& j, const StableDiffusion* m) {
                {"styles", json::array()},
                {"job_timestamp", ""},
                {"clip_skip", r.clip_skip},
-               {"is_using_inpainting_conditioning", m && m->unet_in_channels() == 9},
+               {"is_using_inpainting_conditioning", inpainting_model},
                {"version", "sdserve"}};
   return dump(info);
 }
@@ -117,7 +120,8 @@ void add_a1111_routes(httplib::Server& srv, RouteContext& ctx) {
       auto job = ctx.submit(p, res);
       if (!job) return;
       ctx.wait_done(job);
-      const StableDiffusion* m = jobs.model();  // before taking the lock: model() takes it too
+      const ModelEntry* entry = job_model(jobs, *job);  // before taking the lock (titles read files once)
+      const std::string title = entry ? jobs.catalog().title(*entry) : job->model;
       auto lk = jobs.lock();
       if (job->status == JobStatus::Canceled) {
         send_error(res, http_error(409, "canceled", "the job was interrupted"));
@@ -132,19 +136,51 @@ void add_a1111_routes(httplib::Server& srv, RouteContext& ctx) {
       json params = body;
       if (params.contains("init_images")) params["init_images"] = json::array();  // not echoed back (size)
       if (params.contains("mask")) params["mask"] = nullptr;
-      res.set_content(dump({{"images", images}, {"parameters", params}, {"info", info_json(*job, m)}}),
-                      "application/json");
+      res.set_content(
+          dump({{"images", images}, {"parameters", params}, {"info", info_json(*job, title, entry && entry->inpaint)}}),
+          "application/json");
     };
   };
   srv.Post("/sdapi/v1/txt2img", generate_route("txt2img"));
   srv.Post("/sdapi/v1/img2img", generate_route("img2img"));
 
-  for (const char* route : {"/sdapi/v1/extra-single-image", "/sdapi/v1/extra-batch-images"})
-    srv.Post(route, [](const httplib::Request& req, httplib::Response& res) {
-      send_error(res, http_error(422, "unsupported",
-                                 printable(req.path) +
-                                     " is not available yet: use sdserve upscale on the command line (docs/API.md)"));
-    });
+  // Extras (upscaling only): {html_info, image} or, for a batch, {html_info, images}; raw base64 PNGs.
+  for (const bool batch : {false, true})
+    srv.Post(batch ? "/sdapi/v1/extra-batch-images" : "/sdapi/v1/extra-single-image",
+             [&ctx, &jobs, batch](const httplib::Request& req, httplib::Response& res) {
+               const json body = parse_json_body(req.body);
+               const auto work = parse_upscale_request(body, batch, ctx.opt.load.upscaler_dir, ctx.opt.limits);
+               work->device = ctx.opt.load.device;
+               work->dtype = ctx.opt.load.dtype;
+               auto job = ctx.submit_work(
+                   "upscale",
+                   [work](const std::function<bool(int, int)>& progress) {
+                     UpscaleResult r = run_upscale(*work, progress);
+                     return JobResults{std::move(r.pngs), std::move(r.infotexts)};
+                   },
+                   JobOptions{}, res);
+               if (!job) return;
+               ctx.wait_done(job);
+               auto lk = jobs.lock();
+               if (job->status == JobStatus::Canceled) {
+                 send_error(res, http_error(409, "canceled", "the job was interrupted"));
+                 return;
+               }
+               if (job->status != JobStatus::Succeeded) {
+                 send_error(res, job->error ? *job->error : http_error(500, "internal", "no result"));
+                 return;
+               }
+               json images = json::array();
+               for (const auto& png : job->pngs) images.push_back(base64_encode(std::string(png.begin(), png.end())));
+               // A1111 shows the last image's infotext.
+               const std::string html = plaintext_to_html(job->infotexts.empty() ? "" : job->infotexts.back());
+               json out = {{"html_info", html}};
+               if (batch)
+                 out["images"] = images;
+               else
+                 out["image"] = images.empty() ? json("") : images[0];
+               res.set_content(dump(out), "application/json");
+             });
 
   srv.Get("/sdapi/v1/progress", [&jobs](const httplib::Request&, httplib::Response& res) {
     const auto s = jobs.stats();
@@ -153,8 +189,11 @@ void add_a1111_routes(httplib::Server& srv, RouteContext& ctx) {
         {"skipped", false},     {"interrupted", false}, {"job", ""},          {"job_count", s.queued + s.running},
         {"job_timestamp", "0"}, {"job_no", 0},          {"sampling_step", 0}, {"sampling_steps", 0}};
     double progress = 0, eta = 0;
+    json current_image = nullptr;
     if (cur) {
       auto lk = jobs.lock();
+      if (!cur->preview.empty())  // the latest latent preview (A1111's live preview, "Approx cheap")
+        current_image = base64_encode(std::string(cur->preview.begin(), cur->preview.end()));
       state["job"] = cur->id;
       state["sampling_step"] = cur->step;
       state["sampling_steps"] = cur->steps;
@@ -167,7 +206,7 @@ void add_a1111_routes(httplib::Server& srv, RouteContext& ctx) {
     res.set_content(dump({{"progress", progress},
                           {"eta_relative", eta},
                           {"state", state},
-                          {"current_image", nullptr},
+                          {"current_image", current_image},
                           {"textinfo", nullptr}}),
                     "application/json");
   });
@@ -181,8 +220,10 @@ void add_a1111_routes(httplib::Server& srv, RouteContext& ctx) {
     });
 
   srv.Get("/sdapi/v1/options", [&jobs](const httplib::Request&, httplib::Response& res) {
-    const StableDiffusion* m = jobs.model();
-    res.set_content(dump({{"sd_model_checkpoint", m ? model_title(*m) : nullptr},
+    const std::string current = jobs.current_model();
+    json title = nullptr;
+    if (!current.empty()) title = jobs.catalog().title(jobs.catalog().find(current));
+    res.set_content(dump({{"sd_model_checkpoint", title},
                           {"sd_checkpoint_hash", nullptr},
                           {"CLIP_stop_at_last_layers", 1},
                           {"samples_format", "png"},
@@ -193,13 +234,13 @@ void add_a1111_routes(httplib::Server& srv, RouteContext& ctx) {
   srv.Post("/sdapi/v1/options", [&jobs](const httplib::Request& req, httplib::Response& res) {
     const json body = parse_json_body(req.body);
     if (auto it = body.find("sd_model_checkpoint"); it != body.end() && !it->is_null()) {
-      const StableDiffusion* m = jobs.model();
-      const std::string want = it->is_string() ? it->get<std::string>() : "";
-      const std::string have = m ? model_title(*m) : "";
-      const std::string name = m ? m->infotext_params({}, {}).model_name : "";
-      if (!m || (want != have && want != name)) {
-        send_error(res, http_error(422, "unsupported",
-                                   "switching models is not available yet; the loaded model is '" + have + "'"));
+      // A title ("name [hash]"), a name or a filename from sd-models: loaded (between jobs) and
+      // made current; a model that fails to load leaves the previous one current (the error says why).
+      if (!it->is_string()) throw InvalidArgument("'sd_model_checkpoint' must be a string (a title from sd-models)");
+      try {
+        jobs.switch_model(it->get<std::string>());
+      } catch (const NotAccepting& e) {
+        send_error(res, http_error(503, "unavailable", e.what()));
         return;
       }
     }
@@ -208,13 +249,13 @@ void add_a1111_routes(httplib::Server& srv, RouteContext& ctx) {
 
   srv.Get("/sdapi/v1/sd-models", [&jobs](const httplib::Request&, httplib::Response& res) {
     json out = json::array();
-    if (const StableDiffusion* m = jobs.model()) {
-      const GenerationParams gp = m->infotext_params({}, {});
-      out.push_back({{"title", model_title(*m)},
-                     {"model_name", gp.model_name},
-                     {"hash", gp.model_hash.empty() ? nullptr : json(gp.model_hash)},
-                     {"sha256", nullptr},
-                     {"filename", std::filesystem::path(m->info().path).filename().string()},
+    for (const ModelEntry& e : jobs.catalog().entries()) {
+      const std::string sha = jobs.catalog().sha256(e);  // read once per file
+      out.push_back({{"title", jobs.catalog().title(e)},
+                     {"model_name", e.name},
+                     {"hash", sha.empty() ? nullptr : json(sha.substr(0, 10))},
+                     {"sha256", sha.empty() ? nullptr : json(sha)},
+                     {"filename", e.filename},
                      {"config", nullptr}});
     }
     res.set_content(dump(out), "application/json");
@@ -238,14 +279,16 @@ void add_a1111_routes(httplib::Server& srv, RouteContext& ctx) {
     res.set_content(dump(out), "application/json");
   });
 
-  // The hires fix's pixel upscalers (A1111 lists "None" first) and its latent modes.
-  srv.Get("/sdapi/v1/upscalers", [&jobs](const httplib::Request&, httplib::Response& res) {
-    json out = json::array(
-        {{{"name", "None"}, {"model_name", nullptr}, {"model_path", nullptr}, {"model_url", nullptr}, {"scale", 4}}});
-    const StableDiffusion* m = jobs.model();
-    for (const std::string& n : m ? m->upscaler_names() : hires_upscaler_names())
-      if (n.rfind("Latent", 0) != 0)
-        out.push_back({{"name", n}, {"model_name", n}, {"model_path", nullptr}, {"model_url", nullptr}, {"scale", 4}});
+  // The pixel upscalers of the extras routes and the hires fix ("None" first, as A1111), and the
+  // hires fix's latent modes.
+  srv.Get("/sdapi/v1/upscalers", [&ctx](const httplib::Request&, httplib::Response& res) {
+    json out = json::array();
+    for (const std::string& n : extras_upscaler_names(ctx.opt.load.upscaler_dir))
+      out.push_back({{"name", n},
+                     {"model_name", n == "None" ? json(nullptr) : json(n)},
+                     {"model_path", nullptr},
+                     {"model_url", nullptr},
+                     {"scale", 4}});
     res.set_content(dump(out), "application/json");
   });
   srv.Get("/sdapi/v1/latent-upscale-modes", [](const httplib::Request&, httplib::Response& res) {
@@ -257,7 +300,7 @@ void add_a1111_routes(httplib::Server& srv, RouteContext& ctx) {
 
   srv.Get("/sdapi/v1/loras", [&jobs](const httplib::Request&, httplib::Response& res) {
     json out = json::array();
-    if (const StableDiffusion* m = jobs.model())
+    if (const auto m = jobs.model())
       for (const std::string& n : m->lora_names())
         out.push_back({{"name", n}, {"alias", n}, {"path", n + ".safetensors"}, {"metadata", json::object()}});
     res.set_content(dump(out), "application/json");
@@ -274,7 +317,7 @@ void add_a1111_routes(httplib::Server& srv, RouteContext& ctx) {
 
   srv.Get("/sdapi/v1/embeddings", [&jobs](const httplib::Request&, httplib::Response& res) {
     json loaded = json::object();
-    if (const StableDiffusion* m = jobs.model())
+    if (const auto m = jobs.model())
       for (const TextualInversion& e : m->embeddings())
         loaded[e.name] = {{"step", nullptr},
                           {"sd_checkpoint", nullptr},

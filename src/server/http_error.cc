@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "core/utf8.h"
+#include "net/fetch.h"
 
 namespace sdserve::server {
 
@@ -12,6 +13,10 @@ HttpError http_error(int status, std::string error, std::string detail) {
 }
 
 HttpError http_error(const std::exception& e) {
+  // Init images by URL (net/fetch.h): refused by the guard or by configuration, or the fetch failed.
+  if (dynamic_cast<const net::UrlRefused*>(&e)) return http_error(403, "url_refused", e.what());
+  if (dynamic_cast<const net::UrlFetchDisabled*>(&e)) return http_error(403, "url_fetch_disabled", e.what());
+  if (dynamic_cast<const net::FetchFailed*>(&e)) return http_error(422, "url_fetch_failed", e.what());
   if (const auto* se = dynamic_cast<const Error*>(&e)) {
     switch (se->kind()) {
       case ErrorKind::InvalidArgument:

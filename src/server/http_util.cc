@@ -3,6 +3,8 @@
 #include <cstdio>
 #include <ctime>
 
+#include "server/extras.h"
+
 namespace sdserve::server {
 
 void log_line(nlohmann::json j) {
@@ -63,6 +65,22 @@ std::string base64_encode(const std::string& in) {
     out += '=';
   }
   return out;
+}
+
+std::string requested_format(const httplib::Request& req, const std::string& job_default) {
+  if (req.has_param("format")) return parse_output_format(req.get_param_value("format"), "format");
+  const std::string accept = req.get_header_value("Accept");
+  // The job's format whenever the client takes it (or anything); another only when asked for alone.
+  if (accept.empty() || accept.find("*/*") != std::string::npos || accept.find("image/*") != std::string::npos ||
+      accept.find(image_mime(job_default)) != std::string::npos)
+    return job_default;
+  size_t best = std::string::npos;
+  std::string fmt = job_default;
+  for (const char* f : {"png", "jpeg", "webp"}) {
+    const size_t at = accept.find(std::string("image/") + f);
+    if (at < best) best = at, fmt = f;
+  }
+  return fmt;
 }
 
 }  // namespace sdserve::server

@@ -38,7 +38,16 @@ struct RouteContext {
   std::function<ParsedRequest(const nlohmann::json& body)> parse;
   std::function<std::shared_ptr<Job>(const ParsedRequest&, httplib::Response&)> submit;
   std::function<void(const std::shared_ptr<Job>&)> wait_done;
+  // Queues a job that is not a generation (an upscale); answers 429/503 itself and returns null then.
+  std::function<std::shared_ptr<Job>(const std::string& type, JobWork work, const JobOptions& options,
+                                     httplib::Response&)>
+      submit_work;
 };
+
+// The image format a GET .../images/{n} answers in: ?format=; else the job's output_format if the
+// Accept header takes it (or */*, image/*, or there is none); else the first of image/png,
+// image/jpeg, image/webp that Accept names.
+std::string requested_format(const httplib::Request& req, const std::string& job_default);
 
 // /sdapi/v1/*: the A1111 web UI's API as its clients (webuiapi) use it (docs/API.md).
 void add_a1111_routes(httplib::Server& srv, RouteContext& ctx);

@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/utf8.h"
 #include "io/image.h"
+#include "net/fetch.h"
 #include "pipeline/rng.h"
 #include "server/http_util.h"
 
@@ -57,6 +58,18 @@ bool get_bool(const json& v, const std::string& f) {
   return v.get<bool>();
 }
 
+// Image file bytes (PNG/JPEG/WebP) decoded under the limits.
+DecodedImage decode_image_bytes(const std::string& bytes, const std::string& f, const RequestLimits& lim) {
+  ImageLimits il;
+  il.max_width = il.max_height = lim.max_image_side;
+  il.max_pixels = lim.max_image_pixels;
+  try {
+    return decode_image(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), il);
+  } catch (const Error& e) {
+    bad(f, std::string("is not a usable image: ") + e.what());
+  }
+}
+
 // A base64 image (bare, or a data: URI as browsers make them), decoded under the limits.
 DecodedImage get_image(const json& v, const std::string& f, const RequestLimits& lim) {
   std::string s = get_string(v, f, size_t(256) << 20);
@@ -71,14 +84,29 @@ DecodedImage get_image(const json& v, const std::string& f, const RequestLimits&
   } catch (const Error&) {
     bad(f, "is not valid base64");
   }
-  ImageLimits il;
-  il.max_width = il.max_height = lim.max_image_side;
-  il.max_pixels = lim.max_image_pixels;
+  return decode_image_bytes(bytes, f, lim);
+}
+
+// An image named by URL: downloaded by the server's guarded GET (net/fetch.h), then decoded as
+// an inline one. The net errors keep their types (http_error maps them) with the field named.
+DecodedImage get_image_url(const std::string& url, const std::string& f, const RequestLimits& lim,
+                           const UrlFetcher& fetch) {
+  const std::string where = "field '" + f + "': ";
+  if (!fetch)
+    throw net::UrlFetchDisabled(where +
+                                "this server does not fetch images by URL; start it with --allow-url-fetch "
+                                "(or SDSERVE_ALLOW_URL_FETCH=1), or send the image inline as base64");
+  std::string bytes;
   try {
-    return decode_image(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), il);
-  } catch (const Error& e) {
-    bad(f, std::string("is not a usable image: ") + e.what());
+    bytes = fetch(url);
+  } catch (const net::UrlRefused& e) {
+    throw net::UrlRefused(where + e.what());
+  } catch (const net::FetchFailed& e) {
+    throw net::FetchFailed(where + e.what());
+  } catch (const InvalidArgument& e) {
+    throw InvalidArgument(where + e.what());
   }
+  return decode_image_bytes(bytes, f, lim);
 }
 
 OutpaintMargins get_outpaint(const json& v, const std::string& f) {
@@ -105,12 +133,34 @@ json parse_json_body(const std::string& body) {
   return j;
 }
 
-ParsedRequest parse_generate_request(const json& body, const RequestLimits& lim) {
+JobOptions parse_job_options(const json& body) {
+  JobOptions o;
+  if (auto it = body.find("output_format"); it != body.end() && !it->is_null()) {
+    const std::string f = get_string(*it, "output_format", 16);
+    std::string l = f;
+    for (char& c : l) c = char(std::tolower(static_cast<unsigned char>(c)));
+    if (l == "jpg") l = "jpeg";
+    if (l != "png" && l != "jpeg" && l != "webp") bad("output_format", "must be png, jpeg or webp");
+    o.output_format = l;
+  }
+  if (auto it = body.find("quality"); it != body.end() && !it->is_null() && it->is_number())
+    o.quality = int(get_int(*it, "quality", 1, 100));  // (OpenAI's "quality" is a string: ignored)
+  if (auto it = body.find("preview_every"); it != body.end() && !it->is_null())
+    o.preview_every = int(get_int(*it, "preview_every", 0, 1000));
+  if (auto it = body.find("model"); it != body.end() && !it->is_null()) o.model = get_string(*it, "model", 512);
+  if (auto os = body.find("override_settings"); os != body.end() && os->is_object())
+    if (auto it = os->find("sd_model_checkpoint"); it != os->end() && !it->is_null() && o.model.empty())
+      o.model = get_string(*it, "override_settings.sd_model_checkpoint", 512);
+  return o;
+}
+
+ParsedRequest parse_generate_request(const json& body, const RequestLimits& lim, const UrlFetcher& fetch_url) {
   if (!body.is_object()) throw InvalidArgument("the body must be a JSON object");
   ParsedRequest p;
   GenerateRequest& r = p.req;
   bool have_prompt = false;
   std::optional<DecodedImage> init, mask;
+  std::optional<std::pair<std::string, std::string>> init_url, mask_url;  // (field, URL), fetched last
   std::optional<double> denoise;
   Img2ImgOptions io;
   for (const auto& [key, v] : body.items()) {
@@ -156,6 +206,10 @@ ParsedRequest parse_generate_request(const json& body, const RequestLimits& lim)
       init = get_image(v, key, lim);
     } else if (key == "mask" || key == "mask_image") {
       mask = get_image(v, key, lim);
+    } else if (key == "url" || key == "init_image_url") {
+      init_url.emplace(key, get_string(v, key, 16384));
+    } else if (key == "mask_url") {
+      mask_url.emplace(key, get_string(v, key, 16384));
     } else if (key == "denoising_strength" || key == "strength") {
       get_float(v, key);          // the checks: a finite number
       denoise = v.get<double>();  // as sent: 0.6 stays 0.6 in the answer (not float(0.6))
@@ -192,6 +246,9 @@ ParsedRequest parse_generate_request(const json& body, const RequestLimits& lim)
       r.hires.width = int(get_int(v, key, 0, lim.max_width));
     } else if (key == "hr_resize_y") {
       r.hires.height = int(get_int(v, key, 0, lim.max_height));
+    } else if (key == "output_format" || key == "quality" || key == "preview_every" || key == "model" ||
+               key == "override_settings") {
+      // job options: parse_job_options below
     } else if (key == "loras") {
       if (!v.is_array()) bad(key, "must be a list of {\"name\", \"weight\"} objects");
       if (v.size() > lim.max_loras) bad(key, "lists more than " + std::to_string(lim.max_loras) + " networks");
@@ -212,6 +269,7 @@ ParsedRequest parse_generate_request(const json& body, const RequestLimits& lim)
     }
   }
   if (!have_prompt) throw InvalidArgument("field 'prompt' is required");
+  p.options = parse_job_options(body);
   if (r.hires.enabled) {
     const GenerateRequest second = hires_second_pass(r);
     if (second.width > lim.max_width || second.height > lim.max_height)
@@ -220,11 +278,16 @@ ParsedRequest parse_generate_request(const json& body, const RequestLimits& lim)
                           std::to_string(lim.max_height));
     if (denoise) r.hires.denoise = *denoise;
   }
-  if ((mask || io.outpaint.any()) && !init) bad(mask ? "mask" : "outpaint", "needs an init image (init_images)");
-  if (init) {
+  if (init && init_url) bad(init_url->first, "and an inline init image were both given: send one");
+  if (mask && mask_url) bad(mask_url->first, "and an inline mask were both given: send one");
+  if ((mask || mask_url || io.outpaint.any()) && !init && !init_url)
+    bad(mask ? "mask" : mask_url ? "mask_url" : "outpaint", "needs an init image (init_images)");
+  if (init || init_url) {
     if (r.hires.enabled) bad("enable_hr", "is for txt2img; send the target size with the init image instead");
     if (denoise) r.strength = *denoise;
     validate_request(r);  // cheap checks before the image work
+    if (init_url) init = get_image_url(init_url->second, init_url->first, lim, fetch_url);
+    if (mask_url) mask = get_image_url(mask_url->second, mask_url->first, lim, fetch_url);
     auto prep =
         std::make_shared<PreparedImg2Img>(prepare_img2img(*init, mask ? &*mask : nullptr, r.width, r.height, io));
     r.init_image = prep->init;

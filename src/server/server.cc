@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdio>
 #include <ctime>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
@@ -18,9 +19,15 @@
 
 #include "core/error.h"
 #include "core/utf8.h"
+#include "net/fetch.h"
+#include "server/extras.h"
 #include "server/http_error.h"
 #include "server/http_util.h"
 #include "server/jobs.h"
+
+// docs/openapi.json, embedded at build time (cmake/Embed.cmake); docs/openapi.yaml is its source.
+extern "C" const unsigned char sdserve_openapi_json[];
+extern "C" const unsigned char sdserve_openapi_json_end[];
 
 namespace sdserve::server {
 
@@ -80,6 +87,7 @@ json job_json(const Job& j, size_t position) {
   out["images"] = images;
   out["infotexts"] = j.infotexts;
   out["seeds"] = j.seeds;
+  out["output_format"] = j.options.output_format;
   if (j.error) out["error"] = {{"error", j.error->error}, {"detail", j.error->detail}, {"status", j.error->status}};
   return out;
 }
@@ -102,14 +110,40 @@ int serve(const ServeOptions& opt) {
   jo.keep_finished = opt.keep_finished;
   jo.ttl = opt.job_ttl;
   jo.version = opt.version;
-  const std::string model_path = opt.model;
+  jo.max_batch_jobs = std::max<size_t>(1, opt.max_batch_jobs);
+  jo.max_batch_images = size_t(std::max(1, opt.limits.max_batch));
+  jo.batch_wait = std::chrono::milliseconds(std::max(0, opt.batch_wait_ms));
+  jo.models_memory_bytes = opt.models_memory_mb << 20;
+  // The models: the folder's (a model that cannot be read is logged and skipped), or --model alone.
+  auto catalog = std::make_shared<ModelCatalog>();
+  std::string default_model;
+  if (!opt.models_dir.empty()) {
+    *catalog = ModelCatalog::scan(opt.models_dir, [](const std::string& path, const std::string& why) {
+      log_line({{"level", "warning"}, {"msg", "skipped a model"}, {"path", path}, {"reason", why}});
+    });
+    if (opt.model.empty()) {
+      if (catalog->entries().empty()) throw NotFoundError("no usable model in " + opt.models_dir);
+      default_model = catalog->entries().front().name;
+    } else if (std::filesystem::exists(opt.model) &&
+               (opt.model.find('/') != std::string::npos || opt.model.find('\\') != std::string::npos)) {
+      default_model = catalog->add(opt.model);  // a path outside the folder
+    } else {
+      default_model = catalog->find(opt.model).name;
+    }
+    log_line(
+        {{"level", "info"}, {"msg", "models found"}, {"dir", opt.models_dir}, {"count", catalog->entries().size()}});
+  } else {
+    *catalog = ModelCatalog::single(opt.model);
+    default_model = catalog->entries().front().name;
+  }
   const LoadOptions load = opt.load;
-  JobManager jobs(jo, [model_path, load] {
+  JobManager jobs(jo, catalog, default_model, [load](const ModelEntry& e) {
     const auto t0 = Clock::now();
-    auto m = StableDiffusion::load(model_path, load);
+    auto m = StableDiffusion::load(e.path, load);
     log_line({{"level", "info"},
               {"msg", "model loaded"},
-              {"model", model_path},
+              {"model", e.path},
+              {"name", e.name},
               {"seconds", std::chrono::duration<double>(Clock::now() - t0).count()}});
     return m;
   });
@@ -205,8 +239,25 @@ int serve(const ServeOptions& opt) {
       if (ignored_logged.size() < 1000 && ignored_logged.insert(f).second)
         log_line({{"level", "warning"}, {"msg", "ignored an unknown request field (logged once)"}, {"field", f}});
   };
+  // Init images by URL: the guarded GET (net/fetch.h) when --allow-url-fetch, else none (refused).
+  UrlFetcher fetch_url;
+  if (opt.allow_url_fetch) {
+    net::FetchOptions fo;
+    fo.timeout = opt.url_fetch_timeout;
+    fo.max_bytes = opt.max_body_bytes;
+    fo.allow_test_host = opt.url_fetch_allow_test_host;
+    fetch_url = [fo](const std::string& url) {
+      net::FetchResult r = net::fetch_url(url, fo);
+      // The URL without its query, which may hold a token.
+      log_line({{"level", "info"},
+                {"msg", "fetched an init image"},
+                {"url", printable(r.final_url.substr(0, r.final_url.find('?')), 300)},
+                {"bytes", r.body.size()}});
+      return std::move(r.body);
+    };
+  }
   auto parse = [&](const httplib::Request& req) {
-    ParsedRequest p = parse_generate_request(parse_json_body(req.body), opt.limits);
+    ParsedRequest p = parse_generate_request(parse_json_body(req.body), opt.limits, fetch_url);
     log_ignored(p);
     return p;
   };
@@ -214,7 +265,20 @@ int serve(const ServeOptions& opt) {
   std::function<std::shared_ptr<Job>(const ParsedRequest&, httplib::Response&)> submit =
       [&](const ParsedRequest& p, httplib::Response& res) -> std::shared_ptr<Job> {
     try {
-      return jobs.submit(p.type, p.req, p.prep);
+      return jobs.submit(p.type, p.req, p.prep, p.options);
+    } catch (const QueueFull& e) {
+      res.set_header("Retry-After", std::to_string(int(std::ceil(e.retry_after_s))));
+      send_error(res, http_error(429, "queue_full", "the queue is full; retry after the Retry-After seconds"));
+    } catch (const NotAccepting& e) {
+      res.set_header("Retry-After", "10");
+      send_error(res, http_error(503, "unavailable", e.what()));
+    }
+    return nullptr;
+  };
+  auto submit_work = [&](const std::string& type, JobWork work, const JobOptions& options,
+                         httplib::Response& res) -> std::shared_ptr<Job> {
+    try {
+      return jobs.submit_work(type, std::move(work), options);
     } catch (const QueueFull& e) {
       res.set_header("Retry-After", std::to_string(int(std::ceil(e.retry_after_s))));
       send_error(res, http_error(429, "queue_full", "the queue is full; retry after the Retry-After seconds"));
@@ -238,13 +302,16 @@ int serve(const ServeOptions& opt) {
     }
   };
 
-  RouteContext ctx{opt, jobs,
+  RouteContext ctx{opt,
+                   jobs,
                    [&](const json& body) {
-                     ParsedRequest p = parse_generate_request(body, opt.limits);
+                     ParsedRequest p = parse_generate_request(body, opt.limits, fetch_url);
                      log_ignored(p);
                      return p;
                    },
-                   submit, wait_done};
+                   submit,
+                   wait_done,
+                   submit_work};
   add_a1111_routes(srv, ctx);
 
   auto send_job_error = [&](const Job& j, httplib::Response& res) {
@@ -278,16 +345,37 @@ int serve(const ServeOptions& opt) {
       wait_done(job);
       auto lk = jobs.lock();
       if (job->status != JobStatus::Succeeded) return send_job_error(*job, res);
-      res.set_content(std::string(job->pngs[0].begin(), job->pngs[0].end()), "image/png");
+      const std::vector<uint8_t> png = job->pngs[0];
+      const std::string info = job->infotexts.empty() ? "" : job->infotexts[0];
+      const JobOptions o = job->options;
+      lk.unlock();
+      res.set_content(convert_image(png, o.output_format, o.quality, info), image_mime(o.output_format));
     };
   };
   srv.Post("/txt2img", seed_route("txt2img", "/txt2img takes no init image: use /img2img"));
   // The same body plus "init_image" (base64).
-  srv.Post("/img2img", seed_route("img2img", "field 'init_image' (a base64 PNG, JPEG or WebP) is required"));
+  srv.Post("/img2img", seed_route("img2img", "field 'init_image' (a base64 PNG, JPEG or WebP) or 'url' is required"));
 
   srv.Post("/v1/jobs", [&](const httplib::Request& req, httplib::Response& res) {
-    const ParsedRequest p = parse(req);
-    auto job = submit(p, res);
+    const json body = parse_json_body(req.body);
+    std::shared_ptr<Job> job;
+    if (auto t = body.find("type"); t != body.end() && t->is_string() && *t == "upscale") {
+      // An upscale (server/extras.h): the image, the upscaler(s), a scale or a size.
+      const auto work = parse_upscale_request(body, false, opt.load.upscaler_dir, opt.limits);
+      work->device = opt.load.device;
+      work->dtype = opt.load.dtype;
+      job = submit_work(
+          "upscale",
+          [work](const std::function<bool(int, int)>& progress) {
+            UpscaleResult r = run_upscale(*work, progress);
+            return JobResults{std::move(r.pngs), std::move(r.infotexts)};
+          },
+          parse_job_options(body), res);
+    } else {
+      ParsedRequest p = parse_generate_request(body, opt.limits, fetch_url);
+      log_ignored(p);
+      job = submit(p, res);
+    }
     if (!job) return;
     res.status = 202;
     res.set_header("Location", "/v1/jobs/" + job->id);
@@ -350,7 +438,20 @@ int serve(const ServeOptions& opt) {
                                      std::to_string(n)));
       return;
     }
-    res.set_content(std::string(job->pngs[n].begin(), job->pngs[n].end()), "image/png");
+    const std::string format = requested_format(req, job->options.output_format);
+    const std::vector<uint8_t> png = job->pngs[n];
+    const std::string info = n < job->infotexts.size() ? job->infotexts[n] : "";
+    int quality = job->options.quality;
+    lk.unlock();
+    if (req.has_param("quality")) {
+      const std::string q = req.get_param_value("quality");
+      char* end = nullptr;
+      const long v = std::strtol(q.c_str(), &end, 10);
+      if (q.empty() || *end != 0 || v < 1 || v > 100)
+        throw InvalidArgument("query parameter 'quality' must be an integer from 1 to 100");
+      quality = int(v);
+    }
+    res.set_content(convert_image(png, format, quality, info), image_mime(format));
   });
 
   // Server-Sent Events: "queued" (position), "progress" (step, steps, ETA), then one of "done",
@@ -361,7 +462,8 @@ int serve(const ServeOptions& opt) {
     res.set_header("Cache-Control", "no-cache");
     res.set_header("X-Accel-Buffering", "no");
     auto seen = std::make_shared<uint64_t>(UINT64_MAX);
-    res.set_chunked_content_provider("text/event-stream", [&jobs, job, seen](size_t, httplib::DataSink& sink) {
+    auto sent = std::make_shared<int>(0);  // the step of the last preview this stream sent
+    res.set_chunked_content_provider("text/event-stream", [&jobs, job, seen, sent](size_t, httplib::DataSink& sink) {
       if (*seen != UINT64_MAX) jobs.wait_change(*job, *seen, std::chrono::seconds(15));
       const size_t pos = jobs.queue_position(*job);
       std::string ev;
@@ -382,6 +484,11 @@ int serve(const ServeOptions& opt) {
               name = "progress";
               const double el = std::chrono::duration<double>(Clock::now() - job->started).count();
               if (job->step > 0) d["eta_s"] = el / job->step * (job->steps - job->step);
+              if (!job->preview.empty() && job->preview_step != *sent) {
+                *sent = job->preview_step;
+                d["preview"] = base64_encode(std::string(job->preview.begin(), job->preview.end()));
+                d["preview_step"] = job->preview_step;
+              }
               break;
             }
             case JobStatus::Succeeded:
@@ -401,6 +508,108 @@ int serve(const ServeOptions& opt) {
       if (end) sink.done();
       return true;
     });
+  });
+
+  // OpenAI's image API shape (synchronous, through the same queue): {prompt, n, size "WxH",
+  // response_format "b64_json" | "url", ...} -> {created, data: [{b64_json} | {url}]}.
+  srv.Post("/v1/images/generations", [&](const httplib::Request& req, httplib::Response& res) {
+    const json body = parse_json_body(req.body);
+    json g = body;
+    std::string response_format = "b64_json";
+    for (const char* f : {"response_format", "size", "model", "style", "user", "output_compression"}) g.erase(f);
+    if (auto it = body.find("quality"); it != body.end() && !it->is_number()) g.erase("quality");  // "hd", "high", ...
+    if (auto it = body.find("response_format"); it != body.end() && !it->is_null()) {
+      if (!it->is_string() || (*it != "b64_json" && *it != "url"))
+        throw InvalidArgument("field 'response_format' must be \"b64_json\" or \"url\"");
+      response_format = it->get<std::string>();
+    }
+    if (auto it = body.find("output_compression"); it != body.end() && it->is_number() && !body.contains("quality"))
+      g["quality"] = std::clamp(it->get<int>(), 1, 100);
+    if (auto it = body.find("size"); it != body.end() && !it->is_null()) {
+      const std::string sz = it->is_string() ? it->get<std::string>() : "";
+      if (sz != "auto") {
+        const size_t x = sz.find('x');
+        const auto digits = [](const std::string& t) {
+          return !t.empty() && t.size() <= 5 && t.find_first_not_of("0123456789") == std::string::npos;
+        };
+        if (x == std::string::npos || !digits(sz.substr(0, x)) || !digits(sz.substr(x + 1)))
+          throw InvalidArgument("field 'size' must be \"WIDTHxHEIGHT\" (for example \"512x512\") or \"auto\"");
+        g["width"] = std::stoi(sz.substr(0, x));
+        g["height"] = std::stoi(sz.substr(x + 1));
+      }
+    }
+    ParsedRequest p = parse_generate_request(g, opt.limits);
+    log_ignored(p);
+    if (p.type != "txt2img") throw InvalidArgument("/v1/images/generations takes no init image");
+    auto job = submit(p, res);
+    if (!job) return;
+    wait_done(job);
+    auto lk = jobs.lock();
+    if (job->status != JobStatus::Succeeded) return send_job_error(*job, res);
+    const std::vector<std::vector<uint8_t>> pngs = job->pngs;
+    const std::vector<std::string> infos = job->infotexts;
+    const JobOptions o = job->options;
+    lk.unlock();
+    std::string base;  // absolute URLs where the Host header says where we are
+    if (req.has_header("Host")) {
+      const std::string proto = req.get_header_value("X-Forwarded-Proto");
+      base = (proto == "https" ? "https://" : "http://") + req.get_header_value("Host");
+    }
+    json data = json::array();
+    for (size_t i = 0; i < pngs.size(); ++i) {
+      if (response_format == "url") {
+        std::string url = base + "/v1/jobs/" + job->id + "/images/" + std::to_string(i);
+        if (o.output_format != "png") url += "?format=" + o.output_format;
+        data.push_back({{"url", url}});
+      } else {
+        data.push_back({{"b64_json", base64_encode(convert_image(pngs[i], o.output_format, o.quality,
+                                                                 i < infos.size() ? infos[i] : ""))}});
+      }
+    }
+    res.set_content(dump({{"created", int64_t(job->created_unix)}, {"data", data}, {"output_format", o.output_format}}),
+                    "application/json");
+  });
+
+  srv.Get("/openapi.json", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content(reinterpret_cast<const char*>(sdserve_openapi_json),
+                    size_t(sdserve_openapi_json_end - sdserve_openapi_json), "application/json");
+  });
+
+  // Models (docs/API.md, "Models"): the catalog, and switching the current model.
+  const auto models_json = [&] {
+    const std::string current = jobs.current_model();
+    const std::vector<std::string> loaded = jobs.loaded_models();
+    json list = json::array();
+    for (const ModelEntry& e : jobs.catalog().entries()) {
+      const std::string sha = jobs.catalog().sha256(e);
+      list.push_back({{"name", e.name},
+                      {"title", jobs.catalog().title(e)},
+                      {"filename", e.filename},
+                      {"hash", sha.empty() ? json(nullptr) : json(sha.substr(0, 10))},
+                      {"sha256", sha.empty() ? json(nullptr) : json(sha)},
+                      {"format", e.single_file ? "safetensors" : "diffusers"},
+                      {"family", e.family},
+                      {"size_bytes", e.weight_bytes},
+                      {"loaded", std::find(loaded.begin(), loaded.end(), e.name) != loaded.end()},
+                      {"current", e.name == current}});
+    }
+    return json{{"models", list}, {"current", current.empty() ? json(nullptr) : json(current)}, {"loaded", loaded}};
+  };
+  srv.Get("/v1/models", [&](const httplib::Request&, httplib::Response& res) {
+    res.set_content(dump(models_json()), "application/json");
+  });
+  srv.Post("/v1/models/load", [&](const httplib::Request& req, httplib::Response& res) {
+    const json body = parse_json_body(req.body);
+    const auto it = body.find("name");
+    if (it == body.end() || !it->is_string())
+      throw InvalidArgument("field 'name' (a model name from GET /v1/models) is required");
+    try {
+      jobs.switch_model(it->get<std::string>());
+    } catch (const NotAccepting& e) {
+      send_error(res, http_error(503, "unavailable", e.what()));
+      return;
+    }
+    res.set_content(dump(models_json()), "application/json");
   });
 
   srv.Get("/metrics", [&](const httplib::Request&, httplib::Response& res) {
@@ -424,11 +633,34 @@ int serve(const ServeOptions& opt) {
     }
     metric("sdserve_unet_calls_total", "counter", "UNet evaluations (sampling steps) run.",
            std::to_string(s.unet_calls));
+    metric("sdserve_batched_jobs_total", "counter", "Jobs that shared their UNet batch with other jobs.",
+           std::to_string(s.batched_jobs));
+    line("# HELP sdserve_batch_jobs Jobs per UNet batch (runs of the worker).");
+    line("# TYPE sdserve_batch_jobs histogram");
+    {
+      uint64_t runs = 0, sum = 0;
+      for (const auto& [n, c] : s.batch_jobs) runs += c, sum += n * c;
+      for (size_t b : {1, 2, 4, 8, 16}) {
+        uint64_t c = 0;
+        for (const auto& [n, k] : s.batch_jobs) c += n <= b ? k : 0;
+        line("sdserve_batch_jobs_bucket{le=\"" + std::to_string(b) + "\"} " + std::to_string(c));
+      }
+      line("sdserve_batch_jobs_bucket{le=\"+Inf\"} " + std::to_string(runs));
+      line("sdserve_batch_jobs_sum " + std::to_string(sum));
+      line("sdserve_batch_jobs_count " + std::to_string(runs));
+    }
     metric("sdserve_images_total", "counter", "Images generated.", std::to_string(s.images));
     metric("sdserve_busy_seconds_total", "counter", "Seconds the worker spent running jobs.",
            std::to_string(s.busy_seconds));
     metric("sdserve_model_loaded", "gauge", "1 once the model is loaded and the server takes jobs.",
            h.ready ? "1" : "0");
+    metric("sdserve_models_loaded", "gauge", "Models in memory.", std::to_string(s.models_loaded));
+    metric("sdserve_model_loads_total", "counter", "Models loaded (the first included).",
+           std::to_string(s.model_loads));
+    metric("sdserve_model_load_failures_total", "counter", "Model loads that failed.",
+           std::to_string(s.model_load_failures));
+    metric("sdserve_model_evictions_total", "counter", "Models dropped from memory for the memory budget.",
+           std::to_string(s.model_evictions));
     line("# HELP sdserve_generation_seconds Run time of recent jobs.");
     line("# TYPE sdserve_generation_seconds histogram");
     const double bounds[] = {0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300};

@@ -20,11 +20,24 @@ struct ServeOptions {
   size_t max_body_bytes = size_t(32) << 20;
   RequestLimits limits;
   size_t queue_size = 16;
+  // Batching of compatible jobs (JobManagerOptions): jobs per UNet batch (1: off) and how long a
+  // job waits for partners after it was queued. The images per batch are capped at limits.max_batch.
+  size_t max_batch_jobs = 4;
+  // A folder of models to list and switch between (docs/API.md, "Models"); `model` is then a name in
+  // it (or a path). Loaded models are kept within models_memory_mb (0: one at a time).
+  std::string models_dir;
+  uint64_t models_memory_mb = 0;
+  int batch_wait_ms = 0;
   size_t keep_finished = 256;
   std::chrono::seconds job_ttl{3600};
   std::chrono::seconds drain_timeout{110};
   int http_threads = 32;
   std::string version = "sdserve";
+  // Init images by URL ("url", "init_image_url", "mask_url"; docs/API.md): off unless
+  // --allow-url-fetch. The guarded GET (net/fetch.h) takes max_body_bytes as its size cap.
+  bool allow_url_fetch = false;
+  std::chrono::milliseconds url_fetch_timeout{10000};
+  std::string url_fetch_allow_test_host;  // tests only: one "host:port" exempt from the address guard
 };
 
 // Serves until SIGTERM or SIGINT, then drains (docs/API.md, "Shutting down"); returns the exit

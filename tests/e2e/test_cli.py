@@ -81,13 +81,18 @@ def test_inspect_truncated_checkpoint(run, tmp_path):
 
 def test_serve_needs_a_model_and_a_free_port(run, tmp_path):
     """`serve` itself is tested in test_server.py; here its argument errors are one line."""
-    env_model = os.environ.pop("SDSERVE_MODEL", None)
+    # Without --model, serve takes the default hub model from the cache; offline with an empty cache that
+    # is one line that points at --model demo (test_pull.py covers the pull itself).
+    saved = {k: os.environ.pop(k, None) for k in ("SDSERVE_MODEL", "HF_HUB_OFFLINE", "SDSERVE_CACHE_DIR")}
+    os.environ.update(HF_HUB_OFFLINE="1", SDSERVE_CACHE_DIR=str(tmp_path / "cache"))
     try:
         p = run("serve")
     finally:
-        if env_model is not None:
-            os.environ["SDSERVE_MODEL"] = env_model
-    assert p.returncode == 2 and "--model" in p.stderr.decode(), p.stderr
+        for k, v in saved.items():
+            os.environ.pop(k, None)
+            if v is not None:
+                os.environ[k] = v
+    assert p.returncode == 3 and "--model demo" in one_error_line(p), p.stderr
     p = run("serve", "--model", tmp_path / "m", "--queue-size", "0")
     assert p.returncode == 2 and "--queue-size" in p.stderr.decode(), p.stderr
     p = run("serve", "--model", tmp_path / "m", "--api-key", "short")
