@@ -525,7 +525,9 @@ int main(int argc, char** argv) {
       ->envname("SDSERVE_CORS_ORIGIN");
   serve->add_option("--lora-dir", so.load.lora_dir, "folder of LoRAs for <lora:NAME:W> tags and \"loras\"")
       ->envname("SDSERVE_LORA_DIR");
-  serve->add_option("--upscaler-dir", so.load.upscaler_dir, "folder of ESRGAN-family upscalers (hr_upscaler names)")
+  serve
+      ->add_option("--upscaler-dir,--upscalers-dir", so.load.upscaler_dir,
+                   "folder of ESRGAN-family upscalers (hr_upscaler names)")
       ->envname("SDSERVE_UPSCALER_DIR");
   serve->add_option("--embeddings-dir", so.load.embeddings_dir, "textual-inversion embeddings folder")
       ->envname("SDSERVE_EMBEDDINGS_DIR");
@@ -567,11 +569,15 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 10000));
   serve->add_option("--keep-jobs", so.keep_finished, "finished jobs kept for fetching (default 256)")
       ->envname("SDSERVE_KEEP_JOBS");
-  int64_t job_ttl = 3600, drain_timeout = 110;
+  int64_t job_ttl = 3600, drain_timeout = 110, job_timeout = 0;
   serve->add_option("--job-ttl", job_ttl, "seconds a finished job's results are kept (default 3600)")
       ->envname("SDSERVE_JOB_TTL");
   serve->add_option("--drain-timeout", drain_timeout, "seconds to finish jobs after SIGTERM (default 110)")
       ->envname("SDSERVE_DRAIN_TIMEOUT");
+  serve
+      ->add_option("--job-timeout", job_timeout,
+                   "seconds a job may run before it fails with 504, checked between steps (default 0: no limit)")
+      ->envname("SDSERVE_JOB_TIMEOUT");
   double url_fetch_timeout = 10;
   serve
       ->add_flag("--allow-url-fetch", so.allow_url_fetch,
@@ -625,6 +631,8 @@ int main(int argc, char** argv) {
       SD_CHECK_ARG(job_ttl >= 1 && drain_timeout >= 0, "--job-ttl and --drain-timeout must be positive");
       so.job_ttl = std::chrono::seconds(job_ttl);
       so.drain_timeout = std::chrono::seconds(drain_timeout);
+      SD_CHECK_ARG(job_timeout >= 0, "--job-timeout must be 0 (no limit) or a number of seconds");
+      so.job_timeout = std::chrono::seconds(job_timeout);
       SD_CHECK_ARG(url_fetch_timeout > 0 && url_fetch_timeout <= 600,
                    "--url-fetch-timeout must be in (0, 600] seconds");
       so.url_fetch_timeout = std::chrono::milliseconds(int64_t(url_fetch_timeout * 1000));

@@ -118,19 +118,11 @@ void add_a1111_routes(httplib::Server& srv, RouteContext& ctx) {
                                   ? "field 'init_images' (a list with one base64 image) is required"
                                   : "txt2img takes no init image: use /sdapi/v1/img2img");
       auto job = ctx.submit(p, res);
-      if (!job) return;
       ctx.wait_done(job);
       const ModelEntry* entry = job_model(jobs, *job);  // before taking the lock (titles read files once)
       const std::string title = entry ? jobs.catalog().title(*entry) : job->model;
       auto lk = jobs.lock();
-      if (job->status == JobStatus::Canceled) {
-        send_error(res, http_error(409, "canceled", "the job was interrupted"));
-        return;
-      }
-      if (job->status != JobStatus::Succeeded) {
-        send_error(res, job->error ? *job->error : http_error(500, "internal", "no result"));
-        return;
-      }
+      if (job->status != JobStatus::Succeeded) return send_job_error(*job, res);
       json images = json::array();
       for (const auto& png : job->pngs) images.push_back(base64_encode(std::string(png.begin(), png.end())));
       json params = body;
@@ -159,17 +151,9 @@ void add_a1111_routes(httplib::Server& srv, RouteContext& ctx) {
                      return JobResults{std::move(r.pngs), std::move(r.infotexts)};
                    },
                    JobOptions{}, res);
-               if (!job) return;
                ctx.wait_done(job);
                auto lk = jobs.lock();
-               if (job->status == JobStatus::Canceled) {
-                 send_error(res, http_error(409, "canceled", "the job was interrupted"));
-                 return;
-               }
-               if (job->status != JobStatus::Succeeded) {
-                 send_error(res, job->error ? *job->error : http_error(500, "internal", "no result"));
-                 return;
-               }
+               if (job->status != JobStatus::Succeeded) return send_job_error(*job, res);
                json images = json::array();
                for (const auto& png : job->pngs) images.push_back(base64_encode(std::string(png.begin(), png.end())));
                // A1111 shows the last image's infotext.
@@ -237,12 +221,7 @@ void add_a1111_routes(httplib::Server& srv, RouteContext& ctx) {
       // A title ("name [hash]"), a name or a filename from sd-models: loaded (between jobs) and
       // made current; a model that fails to load leaves the previous one current (the error says why).
       if (!it->is_string()) throw InvalidArgument("'sd_model_checkpoint' must be a string (a title from sd-models)");
-      try {
-        jobs.switch_model(it->get<std::string>());
-      } catch (const NotAccepting& e) {
-        send_error(res, http_error(503, "unavailable", e.what()));
-        return;
-      }
+      jobs.switch_model(it->get<std::string>());  // refusals map in http_error.cc (503 + Retry-After)
     }
     res.set_content("null", "application/json");
   });

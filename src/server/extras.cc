@@ -58,7 +58,8 @@ bool builtin(const std::string& name, const char* which) {
 // The path of model `name` in `dir` (a file stem: never a path), or empty.
 std::string upscaler_file(const std::optional<std::string>& dir, const std::string& name) {
   if (!dir || name.empty() || name.find('/') != std::string::npos || name.find('\\') != std::string::npos ||
-      name == "." || name == "..")
+      name == "." || name == ".." ||
+      std::any_of(name.begin(), name.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20; }))
     return {};
   for (const char* ext : {".safetensors", ".pth", ".pt"}) {
     const std::filesystem::path p = std::filesystem::path(*dir) / (name + ext);
@@ -235,10 +236,17 @@ std::shared_ptr<UpscaleWork> parse_upscale_request(const json& body, bool batch,
     } else if (batch && key == "imageList") {
       if (!v.is_array() || v.empty()) bad(key, "must be a list of {\"data\", \"name\"} objects");
       if (v.size() > 64) bad(key, "holds " + std::to_string(v.size()) + " images; at most 64 per request");
+      // Decoded pixels add up: a few KB of flat PNG can each decode to the full pixel cap, so the
+      // batch as a whole may hold at most 4x the per-image cap.
+      int64_t total_pixels = 0;
       for (size_t i = 0; i < v.size(); ++i) {
         const std::string f = "imageList[" + std::to_string(i) + "]";
         if (!v[i].is_object() || !v[i].contains("data")) bad(f, "must be an object with \"data\" (base64)");
         UpscaleInput in = decode_input(v[i]["data"], f + ".data", lim);
+        total_pixels += int64_t(in.width) * in.height;
+        if (total_pixels > 4 * int64_t(lim.max_image_pixels))
+          bad(key, "decodes to more than " + std::to_string(4 * int64_t(lim.max_image_pixels)) +
+                       " pixels in all (4x --max-image-pixels); send fewer or smaller images per request");
         if (v[i].contains("name") && v[i]["name"].is_string()) in.name = v[i]["name"].get<std::string>();
         work->images.push_back(std::move(in));
       }

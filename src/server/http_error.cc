@@ -1,10 +1,13 @@
 #include "server/http_error.h"
 
+#include <algorithm>
+#include <cmath>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/utf8.h"
 #include "net/fetch.h"
+#include "server/jobs.h"
 
 namespace sdserve::server {
 
@@ -17,6 +20,17 @@ HttpError http_error(const std::exception& e) {
   if (dynamic_cast<const net::UrlRefused*>(&e)) return http_error(403, "url_refused", e.what());
   if (dynamic_cast<const net::UrlFetchDisabled*>(&e)) return http_error(403, "url_fetch_disabled", e.what());
   if (dynamic_cast<const net::FetchFailed*>(&e)) return http_error(422, "url_fetch_failed", e.what());
+  if (const auto* q = dynamic_cast<const QueueFull*>(&e)) {
+    HttpError h = http_error(429, "queue_full", "the queue is full; retry after the Retry-After seconds");
+    h.retry_after_s = std::max(1, int(std::ceil(q->retry_after_s)));
+    return h;
+  }
+  if (dynamic_cast<const JobTimedOut*>(&e)) return http_error(504, "timeout", e.what());
+  if (dynamic_cast<const NotAccepting*>(&e)) {
+    HttpError h = http_error(503, "unavailable", e.what());
+    h.retry_after_s = 10;
+    return h;
+  }
   if (const auto* se = dynamic_cast<const Error*>(&e)) {
     switch (se->kind()) {
       case ErrorKind::InvalidArgument:

@@ -83,4 +83,13 @@ std::string requested_format(const httplib::Request& req, const std::string& job
   return fmt;
 }
 
+void send_job_error(const Job& job, httplib::Response& res) {
+  if (job.status == JobStatus::Canceled)
+    send_error(res, http_error(409, "canceled", "the job was canceled"));
+  else if (job.error)
+    send_error(res, *job.error);
+  else
+    send_error(res, http_error(500, "internal", "the job ended without a result"));
+}
+
 }  // namespace sdserve::server

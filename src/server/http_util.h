@@ -20,6 +20,7 @@ inline std::string dump(const nlohmann::json& j) {
 
 inline void send_error(httplib::Response& res, const HttpError& e) {
   res.status = e.status;
+  if (e.retry_after_s > 0) res.set_header("Retry-After", std::to_string(e.retry_after_s));
   res.set_content(error_json(e), "application/json");
 }
 
@@ -31,14 +32,17 @@ std::string base64_decode(const std::string& in);
 std::string base64_encode(const std::string& in);
 
 // What the route files share: the options, the jobs, request parsing (logs unknown fields once)
-// and submission (answers 429/503 itself and returns null then).
+// and submission (a refusal throws QueueFull/NotAccepting: 429/503 via http_error.cc).
+// The answer for a finished job that has no result: 409 canceled, its own error, or 500.
+void send_job_error(const Job& job, httplib::Response& res);
+
 struct RouteContext {
   const ServeOptions& opt;
   JobManager& jobs;
   std::function<ParsedRequest(const nlohmann::json& body)> parse;
   std::function<std::shared_ptr<Job>(const ParsedRequest&, httplib::Response&)> submit;
   std::function<void(const std::shared_ptr<Job>&)> wait_done;
-  // Queues a job that is not a generation (an upscale); answers 429/503 itself and returns null then.
+  // Queues a job that is not a generation (an upscale).
   std::function<std::shared_ptr<Job>(const std::string& type, JobWork work, const JobOptions& options,
                                      httplib::Response&)>
       submit_work;

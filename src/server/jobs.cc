@@ -86,13 +86,17 @@ void JobManager::check_admission_locked() const {
 }
 
 std::shared_ptr<Job> JobManager::submit_work(const std::string& type, JobWork work, const JobOptions& options) {
-  std::lock_guard<std::mutex> lk(mu_);
-  check_admission_locked();
   auto job = std::make_shared<Job>();
-  job->id = random_id();
   job->type = type;
   job->work = std::move(work);
   job->options = options;
+  std::lock_guard<std::mutex> lk(mu_);
+  check_admission_locked();
+  return enqueue_locked(std::move(job));
+}
+
+std::shared_ptr<Job> JobManager::enqueue_locked(std::shared_ptr<Job> job) {
+  job->id = random_id();
   job->created = Clock::now();
   job->created_unix = unix_now();
   jobs_[job->id] = job;
@@ -126,19 +130,13 @@ std::shared_ptr<Job> JobManager::submit(const std::string& type, GenerateRequest
   }
   check_admission_locked();
   auto job = std::make_shared<Job>();
-  job->id = random_id();
   job->type = type;
   job->req = std::move(req);
   job->batch_key = std::move(key);
   job->model = model;
   job->prep = std::move(prep);
   job->options = options;
-  job->created = Clock::now();
-  job->created_unix = unix_now();
-  jobs_[job->id] = job;
-  queue_.push_back(job);
-  cv_.notify_all();
-  return job;
+  return enqueue_locked(std::move(job));
 }
 
 std::shared_ptr<Job> JobManager::find(const std::string& id) const {
@@ -476,7 +474,7 @@ void JobManager::run_batch(const std::vector<std::shared_ptr<Job>>& batch) {
       job->step = step;
       job->steps = total;
       touch_locked(*job);
-      return !job->cancel.load();
+      return keep_going_locked(*job);
     });
   }
   const auto done = [&](size_t k, BatchResult r) {
@@ -492,7 +490,8 @@ void JobManager::run_batch(const std::vector<std::shared_ptr<Job>>& batch) {
       encode_results(*job, r.images, pngs, infos, seeds);
       status = JobStatus::Succeeded;
     } catch (const Cancelled&) {
-      status = JobStatus::Canceled;
+      error = stop_error(*job);
+      status = error ? JobStatus::Failed : JobStatus::Canceled;
     } catch (const std::exception& e) {
       error = http_error(e);
     }
@@ -521,14 +520,15 @@ void JobManager::run_work(const std::shared_ptr<Job>& job) {
         job->step = done;
         job->steps = total;
         touch_locked(*job);
+        return keep_going_locked(*job);
       }
-      return !job->cancel.load();
     };
     if (job->cancel) throw Cancelled();
     out = job->work(progress);
     status = JobStatus::Succeeded;
   } catch (const Cancelled&) {
-    status = JobStatus::Canceled;
+    error = stop_error(*job);
+    status = error ? JobStatus::Failed : JobStatus::Canceled;
   } catch (const std::exception& e) {
     error = http_error(e);
   }
@@ -555,8 +555,8 @@ void JobManager::run(const std::shared_ptr<Job>& job) {
         job->steps = total;
         ++stats_.unet_calls;
         touch_locked(*job);
+        return keep_going_locked(*job);
       }
-      return !job->cancel.load();
     };
     if (job->cancel) throw Cancelled();
     LatentsFn on_latents;  // live previews (preview_every): A1111's "Approx cheap" of the current latents
@@ -573,11 +573,10 @@ void JobManager::run(const std::shared_ptr<Job>& job) {
     encode_results(*job, images, pngs, infos, seeds);
     status = JobStatus::Succeeded;
   } catch (const Cancelled&) {
-    status = JobStatus::Canceled;
-  } catch (const NotAccepting& e) {
-    error = http_error(503, "unavailable", e.what());
+    error = stop_error(*job);
+    status = error ? JobStatus::Failed : JobStatus::Canceled;
   } catch (const std::exception& e) {
-    error = http_error(e);
+    error = http_error(e);  // NotAccepting included: 503
   }
   std::lock_guard<std::mutex> lk(mu_);
   job->status = status;
@@ -586,6 +585,22 @@ void JobManager::run(const std::shared_ptr<Job>& job) {
   job->infotexts = std::move(infos);
   job->seeds = std::move(seeds);
   touch_locked(*job);
+}
+
+bool JobManager::keep_going_locked(Job& job) const {
+  if (job.cancel.load()) return false;
+  if (opt_.job_timeout.count() > 0 && Clock::now() - job.started > opt_.job_timeout) {
+    job.timed_out = true;
+    return false;
+  }
+  return true;
+}
+
+std::optional<HttpError> JobManager::stop_error(const Job& job) const {
+  if (!job.timed_out.load()) return std::nullopt;
+  return http_error(JobTimedOut("the job ran longer than the server's per-job limit (--job-timeout " +
+                                std::to_string(opt_.job_timeout.count()) +
+                                " s); ask for fewer steps or a smaller size"));
 }
 
 }  // namespace sdserve::server

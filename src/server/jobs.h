@@ -56,6 +56,7 @@ struct Job {
   std::string model;
   // Set by cancel(); read by the worker's progress callback between sampling steps.
   std::atomic<bool> cancel{false};
+  std::atomic<bool> timed_out{false};  // stopped by the per-job timeout (then failed, not canceled)
 
   // Everything below is guarded by JobManager's mutex.
   JobStatus status = JobStatus::Queued;
@@ -87,6 +88,14 @@ struct JobManagerOptions {
   // Loaded models are kept while their estimated sizes (ModelEntry::weight_bytes) fit in this many
   // bytes, least recently used out first; 0 keeps one model loaded.
   uint64_t models_memory_bytes = 0;
+  // A running job that is still sampling this long after it started fails with 504 (checked
+  // between steps); 0 = no limit.
+  std::chrono::seconds job_timeout{0};
+};
+
+// A job stopped by JobManagerOptions::job_timeout (HTTP 504).
+struct JobTimedOut : std::runtime_error {
+  using std::runtime_error::runtime_error;
 };
 
 // Throws from submit() when the queue is full (HTTP 429).
@@ -183,8 +192,15 @@ class JobManager {
                       std::vector<std::vector<uint8_t>>& pngs, std::vector<std::string>& infos,
                       std::vector<int64_t>& seeds) const;
   void run_work(const std::shared_ptr<Job>& job);
+  // The progress callbacks' answer, with mu_ held: false once the job is canceled or has run past
+  // the per-job timeout (which sets timed_out).
+  bool keep_going_locked(Job& job) const;
+  // The error of a job stopped early: the timeout's 504, or none (canceled).
+  std::optional<HttpError> stop_error(const Job& job) const;
   // Throws NotAccepting or QueueFull unless a job can be queued now.
   void check_admission_locked() const;
+  // Gives the job its id and creation times, records it and queues it; wakes the worker.
+  std::shared_ptr<Job> enqueue_locked(std::shared_ptr<Job> job);
   void prune_locked();
   void touch_locked(Job& job);
   // The loaded model `name`, loading it (and evicting others past the memory budget) if needed.

@@ -114,6 +114,7 @@ int serve(const ServeOptions& opt) {
   jo.max_batch_images = size_t(std::max(1, opt.limits.max_batch));
   jo.batch_wait = std::chrono::milliseconds(std::max(0, opt.batch_wait_ms));
   jo.models_memory_bytes = opt.models_memory_mb << 20;
+  jo.job_timeout = opt.job_timeout;
   // The models: the folder's (a model that cannot be read is logged and skipped), or --model alone.
   auto catalog = std::make_shared<ModelCatalog>();
   std::string default_model;
@@ -262,31 +263,12 @@ int serve(const ServeOptions& opt) {
     return p;
   };
 
+  // Enqueue a job. A refusal (full queue, draining) throws: the exception handler answers 429/503
+  // with Retry-After (http_error.cc). `res` is kept in the signature for the routes' sake.
   std::function<std::shared_ptr<Job>(const ParsedRequest&, httplib::Response&)> submit =
-      [&](const ParsedRequest& p, httplib::Response& res) -> std::shared_ptr<Job> {
-    try {
-      return jobs.submit(p.type, p.req, p.prep, p.options);
-    } catch (const QueueFull& e) {
-      res.set_header("Retry-After", std::to_string(int(std::ceil(e.retry_after_s))));
-      send_error(res, http_error(429, "queue_full", "the queue is full; retry after the Retry-After seconds"));
-    } catch (const NotAccepting& e) {
-      res.set_header("Retry-After", "10");
-      send_error(res, http_error(503, "unavailable", e.what()));
-    }
-    return nullptr;
-  };
-  auto submit_work = [&](const std::string& type, JobWork work, const JobOptions& options,
-                         httplib::Response& res) -> std::shared_ptr<Job> {
-    try {
-      return jobs.submit_work(type, std::move(work), options);
-    } catch (const QueueFull& e) {
-      res.set_header("Retry-After", std::to_string(int(std::ceil(e.retry_after_s))));
-      send_error(res, http_error(429, "queue_full", "the queue is full; retry after the Retry-After seconds"));
-    } catch (const NotAccepting& e) {
-      res.set_header("Retry-After", "10");
-      send_error(res, http_error(503, "unavailable", e.what()));
-    }
-    return nullptr;
+      [&](const ParsedRequest& p, httplib::Response&) { return jobs.submit(p.type, p.req, p.prep, p.options); };
+  auto submit_work = [&](const std::string& type, JobWork work, const JobOptions& options, httplib::Response&) {
+    return jobs.submit_work(type, std::move(work), options);
   };
 
   // Waits for a job to finish (synchronous routes).
@@ -314,15 +296,6 @@ int serve(const ServeOptions& opt) {
                    submit_work};
   add_a1111_routes(srv, ctx);
 
-  auto send_job_error = [&](const Job& j, httplib::Response& res) {
-    if (j.status == JobStatus::Canceled)
-      send_error(res, http_error(409, "canceled", "the job was canceled"));
-    else if (j.error)
-      send_error(res, *j.error);
-    else
-      send_error(res, http_error(500, "internal", "the job ended without a result"));
-  };
-
   // ---- routes ----
   srv.Get("/health", [&](const httplib::Request&, httplib::Response& res) {
     const auto h = jobs.health();
@@ -341,7 +314,6 @@ int serve(const ServeOptions& opt) {
       ParsedRequest p = parse(req);
       if (p.type != type) throw InvalidArgument(wrong_type);
       auto job = submit(p, res);
-      if (!job) return;
       wait_done(job);
       auto lk = jobs.lock();
       if (job->status != JobStatus::Succeeded) return send_job_error(*job, res);
@@ -376,7 +348,6 @@ int serve(const ServeOptions& opt) {
       log_ignored(p);
       job = submit(p, res);
     }
-    if (!job) return;
     res.status = 202;
     res.set_header("Location", "/v1/jobs/" + job->id);
     res.set_content(dump({{"id", job->id},
@@ -523,8 +494,10 @@ int serve(const ServeOptions& opt) {
         throw InvalidArgument("field 'response_format' must be \"b64_json\" or \"url\"");
       response_format = it->get<std::string>();
     }
-    if (auto it = body.find("output_compression"); it != body.end() && it->is_number() && !body.contains("quality"))
-      g["quality"] = std::clamp(it->get<int>(), 1, 100);
+    if (auto it = body.find("output_compression"); it != body.end() && it->is_number() && !body.contains("quality")) {
+      const double q = it->get<double>();  // any JSON number: clamp before converting
+      g["quality"] = std::isfinite(q) ? int(std::clamp(q, 1.0, 100.0)) : 100;
+    }
     if (auto it = body.find("size"); it != body.end() && !it->is_null()) {
       const std::string sz = it->is_string() ? it->get<std::string>() : "";
       if (sz != "auto") {
@@ -542,7 +515,6 @@ int serve(const ServeOptions& opt) {
     log_ignored(p);
     if (p.type != "txt2img") throw InvalidArgument("/v1/images/generations takes no init image");
     auto job = submit(p, res);
-    if (!job) return;
     wait_done(job);
     auto lk = jobs.lock();
     if (job->status != JobStatus::Succeeded) return send_job_error(*job, res);
@@ -603,12 +575,7 @@ int serve(const ServeOptions& opt) {
     const auto it = body.find("name");
     if (it == body.end() || !it->is_string())
       throw InvalidArgument("field 'name' (a model name from GET /v1/models) is required");
-    try {
-      jobs.switch_model(it->get<std::string>());
-    } catch (const NotAccepting& e) {
-      send_error(res, http_error(503, "unavailable", e.what()));
-      return;
-    }
+    jobs.switch_model(it->get<std::string>());  // refusals map in http_error.cc (503 + Retry-After)
     res.set_content(dump(models_json()), "application/json");
   });
 

@@ -31,6 +31,7 @@ struct ServeOptions {
   size_t keep_finished = 256;
   std::chrono::seconds job_ttl{3600};
   std::chrono::seconds drain_timeout{110};
+  std::chrono::seconds job_timeout{0};  // 0: none (JobManagerOptions::job_timeout)
   int http_threads = 32;
   std::string version = "sdserve";
   // Init images by URL ("url", "init_image_url", "mask_url"; docs/API.md): off unless

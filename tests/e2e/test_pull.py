@@ -216,6 +216,27 @@ def test_pull_repo_is_byte_identical_and_loads(sdserve_bin, env, hub, tmp_path):
     assert p.returncode == 0 and len(hub.seen("/resolve/")) == n
 
 
+def test_pull_hostile_listing_stays_in_the_cache(sdserve_bin, env, hub, tmp_path):
+    """A listing whose file names try to leave the snapshot folder: those names are dropped (never
+    requested, never written), the legitimate files still arrive, and nothing appears outside."""
+    files = dict(tiny_repo_files())
+    evil = ["../../../evil.safetensors", "/tmp/abs-evil.safetensors", "unet/../../evil2.safetensors",
+            "unet//x.safetensors", "vae/./y.safetensors", "text_encoder/..\\z.safetensors"]
+    for name in evil:
+        files[name] = b"EVIL"
+    hub.repos["test-org/hostile"] = {"sha": SHA, "files": files}
+    cache = tmp_path / "cache"
+    p = pull(sdserve_bin, env, hub, cache, "test-org/hostile")
+    assert p.returncode == 0, p.stderr
+    path = pathlib.Path(p.stdout.decode().strip().splitlines()[-1])
+    assert path.is_relative_to(cache)
+    written = [f for f in tmp_path.rglob("*") if f.is_file()]
+    assert all(f.is_relative_to(path) or f.is_relative_to(cache) for f in written), written
+    assert not any(f.read_bytes() == b"EVIL" for f in written)
+    assert not pathlib.Path("/tmp/abs-evil.safetensors").exists()
+    assert not hub.seen("evil"), hub.seen("evil")  # the escaping names were never even requested
+
+
 def test_pull_resumes_a_dropped_connection(sdserve_bin, env, hub, tmp_path):
     name = "unet/diffusion_pytorch_model.safetensors"
     hub.drop_once = {name, "model_index.json"}

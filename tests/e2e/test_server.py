@@ -225,6 +225,20 @@ def start_long_job(s, steps=1000):
     return job["id"]
 
 
+def test_job_timeout_fails_a_long_job_and_frees_the_worker(server):
+    s = server("--max-steps", "1000", "--job-timeout", "1")
+    t0 = time.time()
+    j = s.wait_job(start_long_job(s), timeout=60)
+    assert j["status"] == "failed", j
+    assert j["error"]["error"] == "timeout" and "--job-timeout" in j["error"]["detail"], j
+    assert time.time() - t0 < 30
+    # The synchronous route answers 504; the worker is free for the next job.
+    status, _, raw = s.request("POST", "/txt2img", {"prompt": "long", "width": 64, "height": 64, "steps": 1000})
+    assert status == 504 and json.loads(raw)["error"] == "timeout", raw
+    body = {"prompt": "quick", "width": 32, "height": 32, "steps": 2}
+    assert s.wait_job(s.json("POST", "/v1/jobs", body)[1]["id"])["status"] == "succeeded"
+
+
 def test_cancel_mid_generation_and_queued(server):
     s = server("--max-steps", "1000")
     jid = start_long_job(s)
