@@ -279,6 +279,54 @@ INSTANTIATE_TEST_SUITE_P(Gpu, CudaAttention,
                                          AttnCase{DType::BF16, cuda::AttentionImpl::Flash}),
                          attn_name);
 
+// The caching allocator (cuda/runtime.h): a miss may take a cached block of up to twice the
+// bucket, counted at its real size; a private pool keeps its blocks apart from the shared pool and
+// gives them back to the driver when its last reference goes.
+TEST(CudaAllocator, ReusesACachedBlockUpToTwiceTheSizeAndCountsItsRealSize) {
+  SKIP_UNLESS_AVAILABLE(kGpu);
+  cuda::synchronize(0);
+  cuda::empty_cache(0);
+  const cuda::MemoryStats s0 = cuda::memory_stats(0);
+  { auto block = cuda::allocate(size_t(3) << 20, 0); }  // 3 MiB, now cached
+  const uint64_t allocs = cuda::memory_stats(0).driver_allocs;
+  EXPECT_EQ(cuda::memory_stats(0).allocated, s0.allocated);
+  {
+    auto two = cuda::allocate(size_t(2) << 20, 0);  // served by the cached 3 MiB block
+    EXPECT_EQ(cuda::memory_stats(0).driver_allocs, allocs);
+    EXPECT_EQ(cuda::memory_stats(0).allocated, s0.allocated + (size_t(3) << 20));
+  }
+  EXPECT_EQ(cuda::memory_stats(0).allocated, s0.allocated);
+  {
+    auto one = cuda::allocate(size_t(1) << 20, 0);  // 3 MiB is more than twice 1 MiB: a new block
+    EXPECT_EQ(cuda::memory_stats(0).driver_allocs, allocs + 1);
+  }
+  cuda::empty_cache(0);
+  EXPECT_EQ(cuda::memory_stats(0).reserved, s0.reserved);
+}
+
+TEST(CudaAllocator, PrivatePoolKeepsItsBlocksUntilItsLastReferenceGoes) {
+  SKIP_UNLESS_AVAILABLE(kGpu);
+  cuda::synchronize(0);
+  cuda::empty_cache(0);
+  auto pool = cuda::make_private_pool(0);
+  void* first = nullptr;
+  {
+    cuda::PrivatePoolScope scope(pool);
+    auto b = cuda::allocate(size_t(1) << 20, 0);
+    first = b.get();
+  }  // back to the private pool, not the shared one
+  auto shared = cuda::allocate(size_t(1) << 20, 0);
+  EXPECT_NE(shared.get(), first);
+  {
+    cuda::PrivatePoolScope scope(pool);
+    auto again = cuda::allocate(size_t(1) << 20, 0);
+    EXPECT_EQ(again.get(), first);
+  }
+  const size_t reserved = cuda::memory_stats(0).reserved;
+  pool.reset();  // the last reference: its cached block goes back to the driver
+  EXPECT_EQ(cuda::memory_stats(0).reserved, reserved - (size_t(1) << 20));
+}
+
 // The tiny models against the diffusers goldens used by the CPU tests.
 class CudaTinyModel : public testing::TestWithParam<std::string> {
  protected:
