@@ -199,7 +199,7 @@ void UNet::for_each_weight(const std::function<void(const std::string&, Tensor&)
 struct UNet::GraphCache {
   struct Entry {
     int calls = 0;
-    bool failed = false;
+    int failures = 0;  // captures the driver refused; after three the shape stays eager
     std::unique_ptr<ops::DeviceGraph> graph;
     Tensor x, temb, context, out;  // the addresses the graph reads and writes
     uint64_t last_use = 0;
@@ -256,7 +256,7 @@ Tensor UNet::forward_graphed(const Tensor& x_in, const Tensor& temb_in, const Te
   }
   GraphCache::Entry& e = it->second;
   e.last_use = ++cache.clock;
-  if (e.failed || ++e.calls < 2) return Tensor();  // eager: the warm-up run, or a shape that failed
+  if (e.failures >= 3 || ++e.calls < 2) return Tensor();  // eager: the warm-up run, or a shape that failed
   if (!e.graph) {
     e.x = Tensor::empty(x_in.shape(), x_in.dtype(), dev);
     e.temb = Tensor::empty(temb_in.shape(), temb_in.dtype(), dev);
@@ -266,10 +266,13 @@ Tensor UNet::forward_graphed(const Tensor& x_in, const Tensor& temb_in, const Te
     e.graph = ops::DeviceGraph::capture(
         dev, [&] { out = forward_core(e.x, e.temb, e.context); }, &why);
     if (!e.graph) {
-      e.failed = true;
+      // A capture can fail for a passing reason (another thread freeing a graph's pool meanwhile
+      // invalidates it), so the shape is warmed up and tried again, up to three times.
+      ++e.failures;
+      e.calls = 0;
       e.x = e.temb = e.context = Tensor();
-      std::fprintf(stderr, "sdserve: warning: UNet steps at %s run without a CUDA graph: %s\n",
-                   shape_str(x_in.shape()).c_str(), why.c_str());
+      std::fprintf(stderr, "sdserve: warning: UNet steps at %s run without a CUDA graph%s: %s\n",
+                   shape_str(x_in.shape()).c_str(), e.failures >= 3 ? "" : " for now", why.c_str());
       return Tensor();
     }
     e.out = out;
