@@ -578,6 +578,12 @@ int main(int argc, char** argv) {
       ->add_option("--job-timeout", job_timeout,
                    "seconds a job may run before it fails with 504, checked between steps (default 0: no limit)")
       ->envname("SDSERVE_JOB_TIMEOUT");
+  serve
+      ->add_option("--web-dir", so.web_dir,
+                   "serve the web page from this folder (read on every request; for development) instead of the "
+                   "copy built in")
+      ->envname("SDSERVE_WEB_DIR")
+      ->check(CLI::ExistingDirectory);
   double url_fetch_timeout = 10;
   serve
       ->add_flag("--allow-url-fetch", so.allow_url_fetch,

@@ -374,4 +374,16 @@ std::vector<PromptChunk> chunk_prompt(const ClipTokenizer& tok, std::string_view
   return chunks;
 }
 
+PromptTokenCount count_prompt_tokens(const std::vector<PromptChunk>& chunks, int32_t eos_id) {
+  PromptTokenCount c;
+  c.chunks = chunks.size();
+  if (chunks.empty()) return c;
+  const std::vector<int32_t>& last = chunks.back().ids;
+  size_t n = 0;
+  while (1 + n < last.size() && last[1 + n] != eos_id) ++n;
+  c.tokens = 75 * (chunks.size() - 1) + n;
+  c.limit = std::max<size_t>(1, (c.tokens + 74) / 75) * 75;
+  return c;
+}
+
 }  // namespace sdserve

@@ -87,4 +87,15 @@ struct ChunkOptions {
 std::vector<PromptChunk> chunk_prompt(const ClipTokenizer& tok, std::string_view prompt, const ChunkOptions& opt = {},
                                       const std::vector<EmbeddingName>& embeddings = {});
 
+// A1111's token counter ("12/75" beside the prompt box; sd_hijack_clip's get_prompt_lengths):
+// every chunk but the last counts 75 (a BREAK closes a chunk, so it rounds the count up), the
+// last its tokens before the first EOS (an embedding's vectors count as tokens); `limit` is
+// the count rounded up to a multiple of 75 (at least 75).
+struct PromptTokenCount {
+  size_t tokens = 0;
+  size_t chunks = 0;
+  size_t limit = 75;
+};
+PromptTokenCount count_prompt_tokens(const std::vector<PromptChunk>& chunks, int32_t eos_id);
+
 }  // namespace sdserve

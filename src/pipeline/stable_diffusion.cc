@@ -389,6 +389,10 @@ std::vector<PromptChunk> StableDiffusion::chunks(const std::string& text) const 
   return chunk_prompt(*tokenizer_, text, co, embedding_names_);
 }
 
+PromptTokenCount StableDiffusion::count_tokens(const std::string& prompt) const {
+  return count_prompt_tokens(chunks(parse_extra_networks(prompt).prompt), tokenizer_->eos_id());
+}
+
 Tensor StableDiffusion::encode_prompt(const std::string& text, int clip_skip) const {
   SD_CHECK_ARG(text_encoder_->config().max_positions >= 77, "this text encoder has " +
                                                                 std::to_string(text_encoder_->config().max_positions) +

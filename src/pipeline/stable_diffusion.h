@@ -225,6 +225,9 @@ class StableDiffusion {
   // most 75 tokens without weights gives exactly diffusers' embedding. `text` must not contain
   // extra-network tags (parse_extra_networks removes them). On the model's device and dtype.
   Tensor encode_prompt(const std::string& text, int clip_skip) const;
+  // A1111's token count of a prompt as this model chunks it (its tokenizer and embeddings;
+  // extra-network tags removed). Throws InvalidArgument for a prompt of too many chunks.
+  PromptTokenCount count_tokens(const std::string& prompt) const;
 
   const ModelInfo& info() const { return files_->info(); }
   // The textual-inversion embeddings loaded from LoadOptions::embeddings_dir.

@@ -24,6 +24,7 @@
 #include "server/http_error.h"
 #include "server/http_util.h"
 #include "server/jobs.h"
+#include "server/web.h"
 
 // docs/openapi.json, embedded at build time (cmake/Embed.cmake); docs/openapi.yaml is its source.
 extern "C" const unsigned char sdserve_openapi_json[];
@@ -180,7 +181,8 @@ int serve(const ServeOptions& opt) {
       res.status = cors ? 204 : 403;
       return httplib::Server::HandlerResponse::Handled;
     }
-    if (!opt.api_keys.empty() && req.path != "/health") {
+    // /health stays public for load balancers; the page is public so it can ask for the key.
+    if (!opt.api_keys.empty() && req.path != "/health" && !is_web_route(req.method, req.path)) {
       const std::string key = presented_key(req);
       bool ok = false;
       for (const std::string& k : opt.api_keys) ok |= equal_time(key, k);
@@ -541,6 +543,27 @@ int serve(const ServeOptions& opt) {
     res.set_content(dump({{"created", int64_t(job->created_unix)}, {"data", data}, {"output_format", o.output_format}}),
                     "application/json");
   });
+
+  // A1111's token counter for the page's prompt boxes (docs/API.md): the current model's tokenizer
+  // and embeddings once it is loaded, the standard CLIP tokenizer before.
+  srv.Post("/v1/tokenize", [&](const httplib::Request& req, httplib::Response& res) {
+    const json body = parse_json_body(req.body);
+    const auto it = body.find("prompt");
+    if (it == body.end() || !it->is_string()) throw InvalidArgument("field 'prompt' (a string) is required");
+    const std::string prompt = it->get<std::string>();
+    if (prompt.size() > opt.limits.max_prompt_chars)
+      throw InvalidArgument("field 'prompt' is over " + std::to_string(opt.limits.max_prompt_chars) + " bytes");
+    PromptTokenCount c;
+    if (const auto model = jobs.model()) {
+      c = model->count_tokens(prompt);
+    } else {
+      const ClipTokenizer tok = ClipTokenizer::bundled();
+      c = count_prompt_tokens(chunk_prompt(tok, parse_extra_networks(prompt).prompt), tok.eos_id());
+    }
+    res.set_content(dump({{"tokens", c.tokens}, {"chunks", c.chunks}, {"limit", c.limit}}), "application/json");
+  });
+
+  add_web_routes(srv, opt.web_dir);
 
   srv.Get("/openapi.json", [](const httplib::Request&, httplib::Response& res) {
     res.set_content(reinterpret_cast<const char*>(sdserve_openapi_json),

@@ -39,6 +39,9 @@ struct ServeOptions {
   bool allow_url_fetch = false;
   std::chrono::milliseconds url_fetch_timeout{10000};
   std::string url_fetch_allow_test_host;  // tests only: one "host:port" exempt from the address guard
+  // The web page (docs/WEB.md): served from this folder on every request when set (development),
+  // else the copy embedded at build time.
+  std::string web_dir;
 };
 
 // Serves until SIGTERM or SIGINT, then drains (docs/API.md, "Shutting down"); returns the exit

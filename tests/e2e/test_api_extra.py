@@ -301,6 +301,7 @@ def registered_routes():
             path = m.group(3) or m.group(4)
             path = re.sub(r"\(\[0-9a-zA-Z\]\{1,64\}\)", "{id}", path)
             path = re.sub(r"\(\\d\{1,4\}\)", "{n}", path)
+            path = re.sub(r"\(\.\*\)", "{path}", path)
             routes.add((m.group(1).lower(), path))
         for m in re.finditer(r'"(/sdapi/v1/[a-z0-9-]+)"', text):
             routes.add((None, m.group(1)))

@@ -93,6 +93,27 @@ TEST_F(Chunking, ChunksOf75WithBosEosAndPadding) {
   EXPECT_EQ(chunk_prompt(tok, "a photo of a cat")[0].ids, context_ids(tok, "a photo of a cat", 77));
 }
 
+// A1111's counter beside the prompt box (get_prompt_lengths): full chunks count 75, the last
+// its tokens; the limit is the next multiple of 75.
+TEST_F(Chunking, TokenCountIsA1111s) {
+  const auto count = [&](const std::string& p) { return count_prompt_tokens(chunk_prompt(tok, p), tok.eos_id()); };
+  for (auto [n, tokens, limit] : {std::tuple{0, 0, 75}, {1, 1, 75}, {75, 75, 75}, {76, 76, 150}, {151, 151, 225}}) {
+    const PromptTokenCount c = count(words(n));
+    EXPECT_EQ(c.tokens, size_t(tokens)) << n;
+    EXPECT_EQ(c.limit, size_t(limit)) << n;
+    EXPECT_EQ(c.chunks, size_t(limit / 75)) << n;
+  }
+  EXPECT_EQ(count("a photo of a cat").tokens, 5u);
+  // Weights and their brackets are not tokens; BREAK closes the chunk (75) and starts the next.
+  EXPECT_EQ(count("a (photo:1.3) of [a] cat").tokens, 5u);
+  const PromptTokenCount b = count("a cat BREAK a dog");
+  EXPECT_EQ(b.tokens, 77u);
+  EXPECT_EQ(b.limit, 150u);
+  // The comma backtrack moves 4 words into the second chunk: 75 + 10.
+  EXPECT_EQ(count(words(70) + ", " + words(10, "dog")).tokens, 85u);
+  EXPECT_EQ(count_prompt_tokens({}, tok.eos_id()).tokens, 0u);
+}
+
 TEST_F(Chunking, BreakWeightsAndCommaBacktrack) {
   const auto b = chunk_prompt(tok, "a cat BREAK a dog");
   ASSERT_EQ(b.size(), 2u);
