@@ -268,11 +268,7 @@ int cmd_generate(GenerateArgs& a) {
     const auto im = prep ? sd::finish_img2img(*prep, images[i]) : images[i];
     sd::GenerationParams gp = model->infotext_params(a.req, images[i]);
     gp.version = std::string("sdserve ") + SDSERVE_VERSION;
-    if (a.req.mask) {
-      char blur[32];
-      std::snprintf(blur, sizeof blur, "%g", a.mask_blur);
-      gp.set_extra("Mask blur", blur);
-    }
+    if (prep) sd::add_img2img_infotext(gp, *prep);
     const std::string path = output_name(a.output, int(i), int(images.size()));
     sd::write_png_file(path, im.rgb.data(), im.width, im.height, 3, {{"parameters", sd::to_infotext(gp)}});
     std::fprintf(stderr, "wrote %s (seed %lld)\n", path.c_str(), static_cast<long long>(im.seed));

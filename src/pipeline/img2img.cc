@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstdio>
 #include <sstream>
 #include <type_traits>
 
@@ -290,6 +291,8 @@ PreparedImg2Img prepare_img2img(const DecodedImage& image, const DecodedImage* m
   SD_CHECK_ARG(opt.only_masked_padding >= 0 && opt.only_masked_padding <= 4096,
                "only-masked padding must be between 0 and 4096 pixels");
   PreparedImg2Img prep;
+  prep.mask_blur_x = opt.mask_blur_x;
+  prep.mask_blur_y = opt.mask_blur_y;
   RgbImage img = flatten(image, opt.background);
   std::optional<GrayImage> mask;
   if (mask_in) {
@@ -402,6 +405,13 @@ GeneratedImage finish_img2img(const PreparedImg2Img& prep, const GeneratedImage&
     }
   }
   return out;
+}
+
+void add_img2img_infotext(GenerationParams& gp, const PreparedImg2Img& prep) {
+  if (!prep.mask || prep.mask_blur_x != prep.mask_blur_y) return;
+  char blur[32];
+  std::snprintf(blur, sizeof blur, "%g", prep.mask_blur_x);
+  gp.set_extra("Mask blur", blur);
 }
 
 }  // namespace sdserve

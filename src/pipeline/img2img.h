@@ -65,7 +65,12 @@ struct PreparedImg2Img {
   // Only masked: where the width x height result goes in `original` (x, y, w, h).
   bool paste = false;
   int paste_x = 0, paste_y = 0, paste_w = 0, paste_h = 0;
+  double mask_blur_x = 0, mask_blur_y = 0;  // as asked for (Img2ImgOptions), for the infotext
 };
+
+// What A1111 adds to an img2img image's infotext beyond the generation's own fields: "Mask blur"
+// when there is a mask and its blur is the same both ways (A1111's p.mask_blur; None otherwise).
+void add_img2img_infotext(GenerationParams& gp, const PreparedImg2Img& prep);
 
 // `image` and `mask` as decoded (any size, RGB/RGBA, mask gray or colour); width/height: the
 // generation size (multiples of 8). Throws InvalidArgument for unusable inputs.

@@ -148,7 +148,7 @@ void add_a1111_routes(httplib::Server& srv, RouteContext& ctx) {
                    "upscale",
                    [work](const std::function<bool(int, int)>& progress) {
                      UpscaleResult r = run_upscale(*work, progress);
-                     return JobResults{std::move(r.pngs), std::move(r.infotexts)};
+                     return JobResults{std::move(r.pngs), std::move(r.infotexts), {}};
                    },
                    JobOptions{}, res);
                ctx.wait_done(job);

@@ -410,11 +410,16 @@ void JobManager::worker_main() {
       run_work(batch[0]);
     else
       run(batch[0]);
+    // Every run ends its jobs (conclude); one it left open would wait forever, so it fails.
+    for (const auto& job : batch) {
+      std::unique_lock<std::mutex> lk(mu_);
+      const bool open = std::find(running_.begin(), running_.end(), job) != running_.end();
+      lk.unlock();
+      if (open) conclude(job, []() -> JobResults { throw InternalError("the job ended without a result"); });
+    }
     active_.reset();
     std::lock_guard<std::mutex> lk(mu_);
     stats_.busy_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
-    for (const auto& job : batch)
-      if (std::find(running_.begin(), running_.end(), job) != running_.end()) finish_locked(job);
     running_.clear();
     prune_locked();
   }
@@ -457,6 +462,7 @@ void JobManager::encode_results(const Job& job, const std::vector<GeneratedImage
     const GeneratedImage im = job.prep ? finish_img2img(*job.prep, generated) : generated;
     GenerationParams gp = active_->infotext_params(job.req, generated);
     gp.version = opt_.version;
+    if (job.prep) add_img2img_infotext(gp, *job.prep);
     const std::string text = to_infotext(gp);
     pngs.push_back(encode_png(im.rgb.data(), im.width, im.height, 3, {{"parameters", text}}));
     infos.push_back(text);
@@ -477,86 +483,83 @@ void JobManager::run_batch(const std::vector<std::shared_ptr<Job>>& batch) {
       return keep_going_locked(*job);
     });
   }
+  // Each job ends as soon as its images are decoded: the others may still be sampling.
   const auto done = [&](size_t k, BatchResult r) {
     const std::shared_ptr<Job>& job = batch[k];
-    JobStatus status = JobStatus::Failed;
-    std::optional<HttpError> error;
-    std::vector<std::vector<uint8_t>> pngs;
-    std::vector<std::string> infos;
-    std::vector<int64_t> seeds;
-    try {
+    conclude(job, [&] {
       if (r.canceled) throw Cancelled();
       if (r.error) std::rethrow_exception(r.error);
-      encode_results(*job, r.images, pngs, infos, seeds);
-      status = JobStatus::Succeeded;
-    } catch (const Cancelled&) {
-      error = stop_error(*job);
-      status = error ? JobStatus::Failed : JobStatus::Canceled;
-    } catch (const std::exception& e) {
-      error = http_error(e);
-    }
-    std::lock_guard<std::mutex> lk(mu_);
-    job->status = status;
-    job->error = error;
-    job->pngs = std::move(pngs);
-    job->infotexts = std::move(infos);
-    job->seeds = std::move(seeds);
-    finish_locked(job);  // ends now: the others may still be sampling or decoding
+      JobResults out;
+      encode_results(*job, r.images, out.pngs, out.infotexts, out.seeds);
+      return out;
+    });
   };
-  active_->generate_batch(reqs, progress, done, [this] {
-    std::lock_guard<std::mutex> lk(mu_);
-    ++stats_.unet_calls;
-  });
+  try {
+    active_->generate_batch(reqs, progress, done, [this] {
+      std::lock_guard<std::mutex> lk(mu_);
+      ++stats_.unet_calls;
+    });
+  } catch (...) {
+    // generate_batch reports each request's own errors through `done`; what escapes it (out of
+    // memory, say) ends the jobs it had not ended yet.
+    const std::exception_ptr ep = std::current_exception();
+    for (const auto& job : batch) {
+      bool open;
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        open = std::find(running_.begin(), running_.end(), job) != running_.end();
+      }
+      if (open) conclude(job, [&]() -> JobResults { std::rethrow_exception(ep); });
+    }
+  }
 }
 
 void JobManager::run_work(const std::shared_ptr<Job>& job) {
+  conclude(job, [&] {
+    auto progress = [&](int done, int total) {
+      std::lock_guard<std::mutex> lk(mu_);
+      job->step = done;
+      job->steps = total;
+      touch_locked(*job);
+      return keep_going_locked(*job);
+    };
+    if (job->cancel) throw Cancelled();
+    return job->work(progress);
+  });
+}
+
+void JobManager::conclude(const std::shared_ptr<Job>& job, const std::function<JobResults()>& body) {
   JobStatus status = JobStatus::Failed;
   std::optional<HttpError> error;
   JobResults out;
   try {
-    auto progress = [&](int done, int total) {
-      {
-        std::lock_guard<std::mutex> lk(mu_);
-        job->step = done;
-        job->steps = total;
-        touch_locked(*job);
-        return keep_going_locked(*job);
-      }
-    };
-    if (job->cancel) throw Cancelled();
-    out = job->work(progress);
+    out = body();
     status = JobStatus::Succeeded;
   } catch (const Cancelled&) {
     error = stop_error(*job);
     status = error ? JobStatus::Failed : JobStatus::Canceled;
   } catch (const std::exception& e) {
-    error = http_error(e);
+    error = http_error(e);  // NotAccepting included: 503
   }
   std::lock_guard<std::mutex> lk(mu_);
   job->status = status;
   job->error = error;
   job->pngs = std::move(out.pngs);
   job->infotexts = std::move(out.infotexts);
-  touch_locked(*job);
+  job->seeds = std::move(out.seeds);
+  finish_locked(job);
 }
 
 void JobManager::run(const std::shared_ptr<Job>& job) {
-  JobStatus status = JobStatus::Failed;
-  std::optional<HttpError> error;
-  std::vector<std::vector<uint8_t>> pngs;
-  std::vector<std::string> infos;
-  std::vector<int64_t> seeds;
-  try {
+  conclude(job, [&] {
     if (load_failed_) throw NotAccepting("the model failed to load: " + load_error_);
     auto progress = [&](int step, int total) {
-      {
-        std::lock_guard<std::mutex> lk(mu_);
-        job->step = step;
-        job->steps = total;
-        ++stats_.unet_calls;
-        touch_locked(*job);
-        return keep_going_locked(*job);
-      }
+      std::lock_guard<std::mutex> lk(mu_);
+      job->step = step;
+      job->steps = total;
+      ++stats_.unet_calls;
+      touch_locked(*job);
+      return keep_going_locked(*job);
     };
     if (job->cancel) throw Cancelled();
     LatentsFn on_latents;  // live previews (preview_every): A1111's "Approx cheap" of the current latents
@@ -570,21 +573,10 @@ void JobManager::run(const std::shared_ptr<Job>& job) {
         job->preview_step = step;
       };
     const auto images = active_->generate(job->req, progress, on_latents);
-    encode_results(*job, images, pngs, infos, seeds);
-    status = JobStatus::Succeeded;
-  } catch (const Cancelled&) {
-    error = stop_error(*job);
-    status = error ? JobStatus::Failed : JobStatus::Canceled;
-  } catch (const std::exception& e) {
-    error = http_error(e);  // NotAccepting included: 503
-  }
-  std::lock_guard<std::mutex> lk(mu_);
-  job->status = status;
-  job->error = error;
-  job->pngs = std::move(pngs);
-  job->infotexts = std::move(infos);
-  job->seeds = std::move(seeds);
-  touch_locked(*job);
+    JobResults out;
+    encode_results(*job, images, out.pngs, out.infotexts, out.seeds);
+    return out;
+  });
 }
 
 bool JobManager::keep_going_locked(Job& job) const {

@@ -36,6 +36,7 @@ using Clock = std::chrono::steady_clock;
 struct JobResults {
   std::vector<std::vector<uint8_t>> pngs;
   std::vector<std::string> infotexts;
+  std::vector<int64_t> seeds;
 };
 // Runs on the worker; progress(done, total) returns false to cancel (then throw Cancelled).
 using JobWork = std::function<JobResults(const std::function<bool(int done, int total)>& progress)>;
@@ -192,6 +193,10 @@ class JobManager {
                       std::vector<std::vector<uint8_t>>& pngs, std::vector<std::string>& infos,
                       std::vector<int64_t>& seeds) const;
   void run_work(const std::shared_ptr<Job>& job);
+  // Runs `body` and ends the job with what happened, in one step under the lock (so a reader
+  // never sees a finished job without its end time): its results; canceled, or failed with the
+  // timeout's 504 when it was stopped for running too long; or failed with its error mapped to HTTP.
+  void conclude(const std::shared_ptr<Job>& job, const std::function<JobResults()>& body);
   // The progress callbacks' answer, with mu_ held: false once the job is canceled or has run past
   // the per-job timeout (which sets timed_out).
   bool keep_going_locked(Job& job) const;

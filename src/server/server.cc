@@ -208,14 +208,23 @@ int serve(const ServeOptions& opt) {
 
   // Errors httplib produces itself (no route, body too large, malformed request) get the same
   // JSON body as ours.
-  srv.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+  srv.set_error_handler([&opt](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;
     switch (res.status) {
       case 404:
         send_error(res, http_error(404, "not_found", "no route " + req.method + " " + printable(req.path)));
         break;
       case 413:
-        send_error(res, http_error(413, "payload_too_large", "the request body is larger than the server accepts"));
+        // cpp-httplib caps form-encoded bodies (what `curl -d` sends) at 8 KiB whatever our limit.
+        if (req.get_header_value("Content-Type").rfind("application/x-www-form-urlencoded", 0) == 0 &&
+            req.get_header_value<uint64_t>("Content-Length") <= opt.max_body_bytes)
+          send_error(res, http_error(413, "payload_too_large",
+                                     "form-encoded bodies over 8 KiB are refused: send the JSON with 'Content-Type: "
+                                     "application/json' (curl -H 'Content-Type: application/json' -d ...)"));
+        else
+          send_error(res, http_error(413, "payload_too_large",
+                                     "the request body is larger than --max-body-bytes (" +
+                                         std::to_string(opt.max_body_bytes) + " bytes)"));
         break;
       case 405:
         send_error(res, http_error(405, "method_not_allowed", req.method + " is not allowed here"));
@@ -342,7 +351,7 @@ int serve(const ServeOptions& opt) {
           "upscale",
           [work](const std::function<bool(int, int)>& progress) {
             UpscaleResult r = run_upscale(*work, progress);
-            return JobResults{std::move(r.pngs), std::move(r.infotexts)};
+            return JobResults{std::move(r.pngs), std::move(r.infotexts), {}};
           },
           parse_job_options(body), res);
     } else {

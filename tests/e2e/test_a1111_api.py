@@ -115,9 +115,13 @@ def test_img2img_and_inpaint_match_diffusers(a1111):
     want, orig, m = tensors["inpaint|DPM++ 2M|Automatic|0.7|1"][2], tensors["init"][2], tensors["mask"][2]
     assert max(abs(got[i] - want[i]) for i in range(len(got)) if m[i // 3] >= 128) <= 2
     assert all(got[i] == orig[i] for i in range(len(got)) if m[i // 3] == 0)
+    assert "Mask blur: 0" in r.info["infotexts"][0] and "Denoising strength: 0.7" in r.info["infotexts"][0]
     # webuiapi's defaults: only masked (padding 0) with "fill"; the result has the init image's size.
     r = api.img2img(images=[init], mask_image=mask, prompt="x", steps=2, width=16, height=16)
     assert r.images[0].size == (w, h)
+    assert "Mask blur: 4" in r.info["infotexts"][0]  # A1111's default, written as A1111 writes it
+    r = api.img2img(images=[init], prompt="x", steps=2, width=16, height=16)
+    assert "Mask blur" not in r.info["infotexts"][0]  # no mask
     # Hires fix through txt2img.
     r = api.txt2img(prompt="x", steps=2, width=16, height=16, enable_hr=True, hr_scale=2, hr_upscaler="Latent",
                     denoising_strength=0.5, hr_second_pass_steps=2)

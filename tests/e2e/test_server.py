@@ -217,6 +217,10 @@ def test_events_stream_progress_then_done(server):
     steps = [d["step"] for e, d in events[1:] if e == "progress"]
     assert steps == sorted(steps) and steps and steps[-1] <= 30, steps
     assert events[-1][1]["status"] == "succeeded" and events[-1][1]["images"]
+    # The final event is the finished record: its end time is set before anyone is told (a reader once
+    # saw running_s computed from an unset end time, hugely negative).
+    final = events[-1][1]["timings"]
+    assert final["running_s"] >= 0 and final == s.json("GET", f"/v1/jobs/{job['id']}")[1]["timings"], final
 
 
 def start_long_job(s, steps=1000):
@@ -322,7 +326,12 @@ def test_route_job_and_size_errors(server):
     s = server("--max-body-bytes", "2000")
     assert_error(*s.json("GET", "/no/such/route"), 404, "no route")
     assert_error(*s.json("GET", "/v1/jobs/0123456789abcdef0123456789abcdef"), 404, "no job")
-    assert_error(*s.json("POST", "/v1/jobs", {"prompt": "x" * 5000}), 413)
+    assert_error(*s.json("POST", "/v1/jobs", {"prompt": "x" * 5000}), 413, "--max-body-bytes (2000 bytes)")
+    # curl -d sends form-encoded bodies, which cpp-httplib caps at 8 KiB: the detail says to send JSON.
+    big = server()
+    status, _, raw = big.request("POST", "/v1/jobs", json.dumps({"prompt": "y" * 9000}),
+                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert_error(status, json.loads(raw), 413, "Content-Type: application/json")
     assert s.request("GET", "/health")[0] == 200  # still up
 
 
