@@ -8,7 +8,8 @@ pkgs=(cmake ninja-build g++ clang lld libclang-rt-14-dev pkg-config
       libdnnl-dev libopenblas-dev nlohmann-json3-dev libcli11-dev zlib1g-dev libpng-dev
       libjpeg62-turbo-dev libwebp-dev
       libcpp-httplib-dev libssl-dev libbrotli-dev
-      libgtest-dev libgmock-dev libbenchmark-dev python3 python3-pip python3-venv)
+      libgtest-dev libgmock-dev libbenchmark-dev python3 python3-pip python3-venv
+      chromium)  # the web page's browser tests (Playwright drives Debian's chromium)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -25,6 +26,6 @@ if ((${#missing[@]})); then
 fi
 
 # Test-only Python packages (small; PyTorch is never needed here).
-if ! python3 -c "import pytest, webuiapi" 2>/dev/null; then
+if ! python3 -c "import pytest, webuiapi, playwright" 2>/dev/null; then
   python3 -m pip install -q -r "$here/requirements-test.txt"
 fi
