@@ -9,7 +9,8 @@ pkgs=(cmake ninja-build g++ clang lld libclang-rt-14-dev pkg-config
       libjpeg62-turbo-dev libwebp-dev
       libcpp-httplib-dev libssl-dev libbrotli-dev
       libgtest-dev libgmock-dev libbenchmark-dev python3 python3-pip python3-venv
-      chromium)  # the web page's browser tests (Playwright drives Debian's chromium)
+      chromium  # the web page's browser tests (Playwright drives Debian's chromium)
+      shellcheck patchelf curl)  # the AWS deployment's scripts, release tarball and bootstrap test
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,6 +27,11 @@ if ((${#missing[@]})); then
 fi
 
 # Test-only Python packages (small; PyTorch is never needed here).
-if ! python3 -c "import pytest, webuiapi, playwright" 2>/dev/null; then
+if ! python3 -c "import pytest, webuiapi, playwright, cfnlint, moto" 2>/dev/null; then
   python3 -m pip install -q -r "$here/requirements-test.txt"
+fi
+# checkov (tests/deploy) in a venv of its own: its pins conflict with pytest's.
+if [[ ! -x "$here/build/venv-checkov/bin/checkov" ]]; then
+  python3 -m venv "$here/build/venv-checkov"
+  "$here/build/venv-checkov/bin/pip" install -q -r "$here/tests/deploy/requirements-checkov.txt"
 fi

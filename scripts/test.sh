@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests (release and ASan/UBSan builds), CLI and server black-box tests,
-# the web page in a headless browser,
+# the web page in a headless browser, the AWS deployment (template checks and a local bootstrap run),
 # and a short libFuzzer smoke run of each fuzz target.
 #   FUZZ_SECONDS=N  seconds per fuzz target (default 20; 0 skips fuzzing)
 #   SKIP_ASAN=1     skip the sanitizer build (quick local iterations)
@@ -30,6 +30,9 @@ SDSERVE_BIN="$here/build/release/sdserve" python3 -m pytest -q tests/e2e
 
 echo "== web page tests (Playwright + Debian's chromium, headless)"
 SDSERVE_BIN="$here/build/release/sdserve" python3 -m pytest -q tests/web
+
+echo "== AWS deployment tests (cfn-lint, checkov, shellcheck, template assertions, moto, bootstrap)"
+SDSERVE_BIN="$here/build/release/sdserve" python3 -m pytest -q tests/deploy
 
 if [[ -x /usr/local/cuda/bin/nvcc && "${SKIP_CUDA:-0}" != 1 ]]; then
   # The CUDA build must compile here although nothing can run it: its GPU tests run on a lent GPU
