@@ -56,7 +56,8 @@ if [[ "${SKIP_ASAN:-0}" != 1 ]]; then
   echo "== ASan/UBSan server tests"
   ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     SDSERVE_E2E_SANITIZED=1 SDSERVE_E2E_LOAD_JOBS=100 SDSERVE_BIN="$here/build/asan/sdserve" \
-    python3 -m pytest -q tests/e2e/test_server.py tests/e2e/test_a1111_api.py tests/e2e/test_url_fetch.py
+    python3 -m pytest -q tests/e2e/test_server.py tests/e2e/test_a1111_api.py tests/e2e/test_url_fetch.py \
+      tests/e2e/test_web_routes.py
 fi
 
 fuzz_seconds=${FUZZ_SECONDS:-20}
