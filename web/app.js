@@ -72,6 +72,8 @@ function markInvalid(controlId) {
   const c = controlId && document.getElementById(controlId);
   if (!c) return;
   c.setAttribute('aria-invalid', 'true');
+  const details = c.closest('details'); // e.g. the hires fix: show the field the error names
+  if (details) details.open = true;
   if (!c.closest('[hidden]')) c.focus({ preventScroll: false });
 }
 
@@ -90,8 +92,9 @@ function showError(e, prefix = '') {
 const keyDialog = $('#key-dialog');
 function openKeyDialog(reason) {
   $('#key-reason').textContent = reason;
+  if (keyDialog.open) return; // another refused call: keep what is being typed
   $('#api-key').value = settings.get('apiKey', '');
-  if (!keyDialog.open) keyDialog.showModal();
+  keyDialog.showModal();
   $('#api-key').focus();
 }
 $('#key-button').addEventListener('click', () => openKeyDialog(
@@ -108,6 +111,13 @@ $('#key-forget').addEventListener('click', () => {
 $('#key-form').addEventListener('submit', (e) => {
   e.preventDefault();
   const key = $('#api-key').value.trim();
+  // A header carries printable ASCII only; fetch() would refuse anything else as a network error.
+  if (!/^[\x21-\x7e]*$/.test(key)) {
+    $('#key-reason').textContent = 'An API key is printable ASCII without spaces: check for a pasted character that is not part of it.';
+    $('#api-key').setAttribute('aria-invalid', 'true');
+    return;
+  }
+  $('#api-key').removeAttribute('aria-invalid');
   settings.set('apiKey', key || null);
   keyDialog.close();
   syncKeyButton();
@@ -134,6 +144,10 @@ function setStatus(text, kind) {
 }
 
 let healthTimer = 0;
+function pollHealth(ms) {
+  clearTimeout(healthTimer); // one polling loop, however many calls overlap (each 503 calls this)
+  healthTimer = setTimeout(checkHealth, ms);
+}
 async function checkHealth() {
   clearTimeout(healthTimer);
   let res;
@@ -142,10 +156,11 @@ async function checkHealth() {
   } catch {
     setStatus('Offline', 'bad');
     notify('Cannot reach the server. Retrying…', 'error', { key: 'health' });
-    healthTimer = setTimeout(checkHealth, 3000);
+    pollHealth(3000);
     return false;
   }
   if (res.ok) {
+    clearTimeout(healthTimer);
     setStatus('Ready', 'ok');
     clearMessages('health');
     return true;
@@ -163,7 +178,7 @@ async function checkHealth() {
     setStatus('Loading model…', 'warn');
     notify(`The model is loading (503)${detail && !/is loading/.test(detail) ? `: ${detail}` : ''}. You can generate once it is ready.`, 'info', { key: 'health', timeout: 0 });
   }
-  healthTimer = setTimeout(checkHealth, 2000);
+  pollHealth(2000);
   return false;
 }
 
@@ -249,6 +264,16 @@ makeDropTarget($('#prompt'), async (file) => {
   }
 });
 
+// A file dropped anywhere else would make the browser open it in place of the page (and a file the
+// prompt does not take, e.g. a .txt, falls through its drop handler): refuse such drops.
+const hasFiles = (e) => [...(e.dataTransfer?.types || [])].includes('Files');
+document.addEventListener('dragover', (e) => {
+  if (e.defaultPrevented || !hasFiles(e)) return;
+  e.preventDefault();
+  e.dataTransfer.dropEffect = 'none';
+});
+document.addEventListener('drop', (e) => { if (hasFiles(e)) e.preventDefault(); });
+
 // Pasting an image puts it into the current tab's image slot.
 document.addEventListener('paste', (e) => {
   const file = imageFromTransfer(e.clipboardData);
@@ -257,15 +282,17 @@ document.addEventListener('paste', (e) => {
 });
 
 // ------------------------------------------------------------------------------------ generate
+let starting = false; // from Generate until the job is submitted: reading the input image takes a while
 async function generate() {
-  if (runner.busy || mode === 'pnginfo') return;
+  if (runner.busy || starting || mode === 'pnginfo') return;
+  starting = true;
   for (const c of $$('[aria-invalid="true"]')) c.removeAttribute('aria-invalid');
   clearMessages('job');
   const jobMode = mode;
   let body;
   try {
     body = await form.build(jobMode);
-  } catch (e) { showError(e); return; }
+  } catch (e) { showError(e); return; } finally { starting = false; }
   try {
     const { status, items } = await runner.run(body, jobMode);
     if (items.length) {
@@ -282,6 +309,7 @@ async function generate() {
 $('#preview-open').addEventListener('click', () => { if (latest) gallery.open(latest); });
 $('#generate').addEventListener('click', generate);
 document.addEventListener('keydown', (e) => {
+  if (e.isComposing) return; // an input method is composing text: its Enter/Escape are its own
   const dialogOpen = !!document.querySelector('dialog[open]');
   if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
     if (dialogOpen) return;

@@ -67,7 +67,11 @@ def test_api_key_dialog_wrong_key_then_right_key(open_studio, start_server):
     expect(dialog).to_be_visible()
     expect(page.locator("#key-reason")).to_contain_text("refused")
     st.shot("desktop-api-key-wrong")
-
+    # A key no header can carry (a pasted non-ASCII character) is refused in the dialog itself.
+    page.fill("#api-key", "clé-\u00e9t\u00e9-1234")
+    page.click("#key-save")
+    expect(page.locator("#key-reason")).to_contain_text("printable ASCII")
+    expect(dialog).to_be_visible()
     page.fill("#api-key", KEY)
     page.click("#key-save")
     expect(dialog).to_be_hidden()

@@ -45,8 +45,13 @@ function raise(err) {
   throw err;
 }
 
-/** fetch() against the same origin with the key; throws ApiError for non-2xx answers. */
-export async function request(path, { method = 'GET', body, signal, headers = {}, auth = true } = {}) {
+/**
+ * fetch() against the same origin with the key; throws ApiError for non-2xx answers. `quiet`: the
+ * error is only thrown, not announced to onApiError listeners (background calls such as the token
+ * counter must not reopen the key dialog on every keystroke).
+ */
+export async function request(path, { method = 'GET', body, signal, headers = {}, auth = true, quiet = false } = {}) {
+  const fail = (err) => { if (quiet) throw err; return raise(err); };
   const h = { ...(auth ? authHeaders() : {}), ...headers };
   let payload;
   if (body !== undefined) {
@@ -60,9 +65,9 @@ export async function request(path, { method = 'GET', body, signal, headers = {}
     res = await fetch(path, { method, headers: h, body: payload, signal, cache: 'no-store' });
   } catch (e) {
     if (e.name === 'AbortError') throw e;
-    return raise(new ApiError(0, 'network', 'cannot reach the server', { path }));
+    return fail(new ApiError(0, 'network', 'cannot reach the server', { path }));
   }
-  if (!res.ok) return raise(await errorFrom(res, path));
+  if (!res.ok) return fail(await errorFrom(res, path));
   return res;
 }
 

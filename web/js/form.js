@@ -46,7 +46,8 @@ export class Form {
     this.inputs = inputs; // {img2img, inpaint, upscale}: ImageInput
     this.mask = mask;
     this.mode = 'txt2img';
-    this.saved = settings.get('form', {});
+    const saved = settings.get('form', {});
+    this.saved = saved && typeof saved === 'object' ? saved : {}; // a damaged entry must not stop the page
     this.ratio = null;
     this.restore();
     this.bind();
@@ -145,6 +146,8 @@ export class Form {
 
   syncOutputs() {
     $('#strength-value').value = val('strength');
+    // The mask editor showed the default before the remembered size was restored.
+    $('#brush-size').dispatchEvent(new Event('input'));
     this.syncMatchSize();
     this.syncUpscaleNote();
   }

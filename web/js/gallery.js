@@ -35,7 +35,8 @@ export class Gallery {
 
   async init() {
     try {
-      this.items = await galleryDb.all();
+      // A record without its image (another version's, or one the browser failed to store) is skipped.
+      this.items = (await galleryDb.all()).filter((i) => i && typeof i.id === 'string' && i.blob instanceof Blob);
     } catch (e) {
       this.persistent = false;
       notify(`The gallery cannot be kept in this browser (${e.message}); it lasts for this session only.`, 'info');
@@ -53,6 +54,9 @@ export class Gallery {
     this.items = [...newItems, ...this.items];
     const dropped = this.items.splice(MAX_ITEMS);
     this.render();
+    // Evicted items go whether or not the browser keeps the gallery (their object URLs too).
+    if (dropped.length) this.actions.removed?.(dropped.map((i) => i.id));
+    for (const item of dropped) this.revoke(item.id);
     if (!this.persistent) return;
     try {
       for (const item of newItems) await galleryDb.put(item);
@@ -60,8 +64,6 @@ export class Gallery {
     } catch (e) {
       notify(`Could not save the image in this browser: ${e.message}`, 'error', { key: 'gallery' });
     }
-    if (dropped.length) this.actions.removed?.(dropped.map((i) => i.id));
-    for (const item of dropped) this.revoke(item.id);
   }
 
   revoke(id) {
@@ -86,6 +88,10 @@ export class Gallery {
   }
 
   render() {
+    // Rebuilding the tiles drops keyboard focus: keep it on the same image, or on the deleted
+    // one's neighbour.
+    const focused = this.list.contains(document.activeElement) ? document.activeElement.closest('li')?.dataset.id : null;
+    const focusIndex = focused ? [...this.list.children].findIndex((li) => li.dataset.id === focused) : -1;
     this.list.replaceChildren(...this.items.map((item, i) => {
       const summary = (item.mode === 'upscale' ? 'Upscaled image' : item.prompt || 'image').slice(0, 80);
       return el('li', { class: 'tile', dataset: { id: item.id } },
@@ -95,6 +101,11 @@ export class Gallery {
     }));
     this.count.textContent = this.items.length ? `(${this.items.length})` : '';
     this.empty.hidden = !!this.items.length;
+    if (focusIndex >= 0) {
+      const tiles = [...this.list.children];
+      const tile = tiles.find((li) => li.dataset.id === focused) || tiles[Math.min(focusIndex, tiles.length - 1)];
+      (tile ? tile.querySelector('button') : $('#gallery-clear')).focus({ preventScroll: true });
+    }
   }
 
   // ----------------------------------------------------------------- the viewer

@@ -40,6 +40,7 @@ export class ImageInput {
     this.blob = null;
     this.image = null; // HTMLImageElement (naturalWidth/Height)
     this.listeners = [];
+    this.seq = 0; // the latest set()/clear(): an older image that decodes later is dropped
     const id = `${name}-file`;
     this.file = el('input', { type: 'file', id, accept: ACCEPT.join(','), class: 'sr-only' });
     this.showPreview = preview;
@@ -69,8 +70,10 @@ export class ImageInput {
       notify(`That file is ${blob.type}; use a PNG, JPEG or WebP image.`, 'error');
       return;
     }
+    const seq = ++this.seq;
     let img;
-    try { img = await loadImage(blob); } catch (e) { notify(`Cannot read that image: ${e.message}`, 'error'); return; }
+    try { img = await loadImage(blob); } catch (e) { if (seq === this.seq) notify(`Cannot read that image: ${e.message}`, 'error'); return; }
+    if (seq !== this.seq) { URL.revokeObjectURL(img.objectURL); return; }
     if (this.image?.objectURL) URL.revokeObjectURL(this.image.objectURL);
     this.blob = blob;
     this.image = img;
@@ -83,6 +86,7 @@ export class ImageInput {
   }
 
   clear() {
+    this.seq++;
     if (this.image?.objectURL) URL.revokeObjectURL(this.image.objectURL);
     this.blob = null;
     this.image = null;

@@ -92,12 +92,21 @@ export class JobRunner {
           if (s && typeof s === 'object') { last = s; this.show(type, s, mode); }
         });
       } catch (e) {
-        if (!(e instanceof ApiError) || e.status === 401) throw e;
-        // The stream broke (proxy, network): fall back to polling below.
+        // The stream could not open (an ApiError) or broke mid-way (a TypeError from the reader:
+        // proxy, network): fall back to polling below. Only a refused key ends the run here.
+        if (e instanceof ApiError && e.status === 401) throw e;
       }
+      let misses = 0;
       while (!last || !TERMINAL.has(last.status)) {
         await new Promise((r) => setTimeout(r, 500));
-        last = await getJSON(`/v1/jobs/${job.id}`);
+        try {
+          last = await getJSON(`/v1/jobs/${job.id}`);
+          misses = 0;
+        } catch (e) {
+          // The job goes on on the server: ride out a short network outage (about 10 s).
+          if (e instanceof ApiError && e.status === 0 && ++misses < 20) continue;
+          throw e;
+        }
         this.show(last.status === 'running' ? 'progress' : last.status, last, mode);
       }
       if (last.status === 'failed') {
@@ -129,6 +138,7 @@ export class JobRunner {
       throw e;
     } finally {
       this.job = null;
+      this.bar.removeAttribute('aria-valuetext'); // the last step's words no longer describe the bar
       this.setBusy(false);
     }
   }

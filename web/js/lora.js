@@ -83,7 +83,12 @@ export class LoraPanel {
     const p = this.prompt;
     const tag = loraTags(p.value)[i];
     if (!tag) return;
-    p.value = (p.value.slice(0, tag.index) + p.value.slice(tag.index + tag.length)).replace(/\s{2,}/g, ' ').trim();
+    // Tidy the spaces where the tag was, not the whole prompt (its line breaks stay).
+    const before = p.value.slice(0, tag.index).replace(/[ \t]+$/, '');
+    let after = p.value.slice(tag.index + tag.length);
+    if (!before || /\s$/.test(before)) after = after.replace(/^[ \t]+/, '');
+    else if (after && !/^[\s,]/.test(after)) after = ` ${after}`;
+    p.value = before + after;
     p.dispatchEvent(new Event('input', { bubbles: true }));
   }
 

@@ -4,6 +4,7 @@ import { $, clamp } from './ui.js';
 
 const MASK_COLOR = '#ff3d71';
 const UNDO_DEPTH = 20;
+const UNDO_BYTES = 256 * 1024 * 1024; // a 4096² mask is 64 MiB a snapshot: keep fewer of those
 
 export class MaskEditor {
   constructor() {
@@ -20,6 +21,7 @@ export class MaskEditor {
     this.pad = { left: 0, right: 0, top: 0, bottom: 0 };
     this.undoStack = [];
     this.drawing = false;
+    this.pointerId = null; // the one pointer painting the current stroke
     this.last = null;
     this.listeners = [];
 
@@ -33,6 +35,7 @@ export class MaskEditor {
     m.addEventListener('pointermove', (e) => this.move(e));
     m.addEventListener('pointerup', (e) => this.up(e));
     m.addEventListener('pointercancel', (e) => this.up(e));
+    m.addEventListener('lostpointercapture', (e) => this.up(e)); // e.g. the canvas hidden mid-stroke
     m.addEventListener('pointerleave', () => { this.cursor.hidden = true; });
     m.addEventListener('pointerenter', () => { this.cursor.hidden = false; });
     m.addEventListener('keydown', (e) => {
@@ -55,6 +58,8 @@ export class MaskEditor {
     this.mask.width = img.naturalWidth;
     this.mask.height = img.naturalHeight;
     this.undoStack = [];
+    this.drawing = false; // a stroke under way belonged to the old image
+    this.pointerId = null;
     this.clear(false);
     this.render();
   }
@@ -125,26 +130,30 @@ export class MaskEditor {
   }
 
   down(e) {
-    if (e.button !== 0 || !this.image) return;
-    e.preventDefault();
-    this.mask.setPointerCapture(e.pointerId);
+    // A second finger (a pinch) while a stroke is under way is not a stroke of its own.
+    if (e.button !== 0 || !this.image || (this.drawing && e.pointerId !== this.pointerId)) return;
+    e.preventDefault(); // (this also keeps the browser from focusing the canvas: do it below)
+    this.mask.focus({ preventScroll: true }); // so that Ctrl+Z undoes this stroke, not a prompt edit
+    try { this.mask.setPointerCapture(e.pointerId); } catch { /* the pointer is already gone */ }
     this.pushUndo();
     this.drawing = true;
+    this.pointerId = e.pointerId;
     this.last = this.point(e);
     this.stroke(this.last, this.last);
   }
 
   move(e) {
     this.moveCursor(e);
-    if (!this.drawing) return;
+    if (!this.drawing || e.pointerId !== this.pointerId) return;
     const p = this.point(e);
     this.stroke(this.last, p);
     this.last = p;
   }
 
   up(e) {
-    if (!this.drawing) return;
+    if (!this.drawing || e.pointerId !== this.pointerId) return;
     this.drawing = false;
+    this.pointerId = null;
     try { this.mask.releasePointerCapture(e.pointerId); } catch { /* already released */ }
     this.changed();
   }
@@ -172,8 +181,9 @@ export class MaskEditor {
 
   pushUndo() {
     if (!this.mask.width) return;
+    const depth = clamp(Math.floor(UNDO_BYTES / (this.mask.width * this.mask.height * 4)), 1, UNDO_DEPTH);
     this.undoStack.push(this.mctx.getImageData(0, 0, this.mask.width, this.mask.height));
-    if (this.undoStack.length > UNDO_DEPTH) this.undoStack.shift();
+    while (this.undoStack.length > depth) this.undoStack.shift();
   }
 
   undo() {

@@ -42,7 +42,7 @@ export class TokenCounter {
     if (!text.trim()) { this.show({ tokens: 0, chunks: 1, limit: 75 }, false); return; }
     if (serverCounts) {
       try {
-        const r = await postJSON('/v1/tokenize', { prompt: text });
+        const r = await postJSON('/v1/tokenize', { prompt: text }, { quiet: true });
         if (seq === this.seq) this.show(r, false);
         return;
       } catch (e) {

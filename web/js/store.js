@@ -3,18 +3,26 @@
 
 const PREFIX = 'sdserve.';
 
+// Values localStorage refused (private mode, a full quota, storage blocked): kept for this page's
+// life instead, so the key, the last seed and the form still work until a reload.
+const memory = new Map();
+
 export const settings = {
   get(key, fallback = null) {
     try {
-      const raw = localStorage.getItem(PREFIX + key);
+      const raw = memory.has(key) ? memory.get(key) : localStorage.getItem(PREFIX + key);
       return raw === null ? fallback : JSON.parse(raw);
     } catch { return fallback; }
   },
   set(key, value) {
+    const raw = value === null || value === undefined ? null : JSON.stringify(value);
     try {
-      if (value === null || value === undefined) localStorage.removeItem(PREFIX + key);
-      else localStorage.setItem(PREFIX + key, JSON.stringify(value));
-    } catch { /* private mode or full: settings just are not remembered */ }
+      if (raw === null) localStorage.removeItem(PREFIX + key);
+      else localStorage.setItem(PREFIX + key, raw);
+      memory.delete(key);
+    } catch {
+      memory.set(key, raw); // not remembered across reloads, but still used now
+    }
   },
 };
 
@@ -45,9 +53,11 @@ function tx(mode, fn) {
     const t = db.transaction(STORE, mode);
     const store = t.objectStore(STORE);
     let result;
-    Promise.resolve(fn(store)).then((r) => { result = r; });
+    // A failed request also fails the transaction, which rejects below: no unhandled rejection here.
+    Promise.resolve(fn(store)).then((r) => { result = r; }, () => {});
     t.oncomplete = () => resolve(result);
-    t.onerror = () => reject(t.error);
+    // t.error is still null while a failed request's error event reaches the transaction.
+    t.onerror = (e) => reject(e.target.error || t.error || new Error('the browser refused to store it'));
     t.onabort = () => reject(t.error || new Error('transaction aborted'));
   }));
 }
