@@ -76,7 +76,21 @@ on_failure() {  # best effort: tell CloudFormation and the Auto Scaling group
   aws autoscaling complete-lifecycle-action --lifecycle-hook-name "$SDSERVE_LAUNCH_HOOK" --auto-scaling-group-name "$asg" \
     --instance-id "$INSTANCE_ID" --lifecycle-action-result ABANDON >> "$LOG" 2>&1 || true
 }
+# Best effort, at the start of each slow step: restarts the launch hook's timeout (WarmupSeconds),
+# which would otherwise count the downloads and installs too and ABANDON (terminate) an instance
+# whose bootstrap is still making progress.
+heartbeat() {
+  ((LOCAL)) && return 0
+  [[ -n $INSTANCE_ID && -n ${SDSERVE_LAUNCH_HOOK:-} ]] || return 0
+  local asg
+  asg=$(imds meta-data/tags/instance/aws:autoscaling:groupName 2>/dev/null) || return 0
+  aws autoscaling record-lifecycle-action-heartbeat --lifecycle-hook-name "$SDSERVE_LAUNCH_HOOK" \
+    --auto-scaling-group-name "$asg" --instance-id "$INSTANCE_ID" >> "$LOG" 2>&1 || true
+}
 run() { log "\$ $*"; "$@" >> "$LOG" 2>&1; }  # a command whose output only goes to the log
+# apt-get that waits (up to 10 minutes) for the dpkg lock: on a first boot unattended-upgrades or
+# apt-daily may hold it, and a plain apt-get/dpkg would fail at once.
+apt_get() { run env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -q "$@"; }
 
 fetch() {  # fetch URL FILE: s3:// through the instance role, http(s) resumable
   case $1 in
@@ -113,7 +127,7 @@ cloudwatch_agent() {
     gpg --homedir "$tmp" --batch --with-colons --fingerprint | grep -q '^fpr:*937616F3450B7D806CBD9725D58167303B789C72:' ||
       die "the CloudWatch agent's signing key has an unexpected fingerprint"
     gpg --homedir "$tmp" --batch --verify "$tmp/cw.sig" "$tmp/cw.deb" >> "$LOG" 2>&1 || die "the CloudWatch agent package's signature does not verify"
-    run dpkg -i "$tmp/cw.deb"
+    apt_get install -y "$tmp/cw.deb"
     rm -rf "$tmp"
   fi
   local files="" f
@@ -127,6 +141,7 @@ cloudwatch_agent() {
 
 install_release() {
   STEP=release
+  heartbeat
   local url=${SDSERVE_RELEASE_URL:-} want=${SDSERVE_RELEASE_SHA256:-} tgz=$STATE/release.tar.gz got
   if [[ -z $url ]]; then
     build_from_source
@@ -157,8 +172,8 @@ build_from_source() {  # fallback: no release tarball, a pinned commit
   [[ $ref =~ ^[0-9a-f]{40}$ && -n $repo ]] ||
     die "no release: set ReleaseUrl and ReleaseSha256, or SourceRepoUrl and SourceGitRef (a full 40-hex commit), got '$ref'"
   log "building $repo at $ref (slow: prefer a release tarball)"
-  run apt-get update -q
-  run env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends git cmake ninja-build g++ pkg-config \
+  nvidia_repo libcudnn9-dev-cuda-13
+  apt_get install -y --no-install-recommends git cmake ninja-build g++ pkg-config \
     patchelf libdnnl-dev libopenblas-dev nlohmann-json3-dev libcli11-dev zlib1g-dev libpng-dev libjpeg-turbo8-dev \
     libwebp-dev libcpp-httplib-dev libssl-dev libbrotli-dev libcudnn9-dev-cuda-13
   rm -rf "$STATE/src" && mkdir -p "$STATE/src"
@@ -171,9 +186,23 @@ build_from_source() {  # fallback: no release tarball, a pinned commit
   run "$STATE/src/scripts/package.sh" --build-dir "$STATE/src/build/cuda" --out "$STATE/src/dist"
 }
 
+# NVIDIA's CUDA apt repository (cuDNN, cuBLAS): the lists are refreshed first; the keyring package
+# is installed only when no apt source names the repository yet (a second source for it with
+# another keyring would make apt refuse to run: "Conflicting values set for option Signed-By").
+nvidia_repo() {  # nvidia_repo PACKAGE: PACKAGE has an install candidate afterwards (or apt says why not)
+  apt_get update
+  [[ $(apt-cache policy "$1" 2>/dev/null) == *"Candidate: "[0-9]* ]] && return 0
+  if ! grep -rqs 'developer.download.nvidia.com/compute/cuda/repos' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    fetch https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2404/x86_64/cuda-keyring_1.1-1_all.deb /tmp/cuda-keyring.deb
+    apt_get install -y /tmp/cuda-keyring.deb
+    apt_get update
+  fi
+}
+
 cuda_runtime() {
   STEP="cuda-runtime"
   ((LOCAL)) && return 0
+  heartbeat
   local glibc need drv
   glibc=$(ldd --version | awk 'NR==1 {print $NF}') need=$(buildinfo GLIBC_MIN)
   [[ $(printf '%s\n' "$need" "$glibc" | sort -V | head -1) == "$need" ]] ||
@@ -181,16 +210,21 @@ cuda_runtime() {
   [[ $(buildinfo FLAVOUR) == cuda ]] || { log "CPU build: no CUDA runtime needed"; return 0; }
   drv=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>>"$LOG" | head -1) || die "nvidia-smi failed: no NVIDIA driver (use the Deep Learning Base OSS Nvidia Driver AMI)"
   [[ ${drv%%.*} -ge ${SDSERVE_MIN_DRIVER:-580} ]] || die "NVIDIA driver $drv is older than ${SDSERVE_MIN_DRIVER:-580} (CUDA $(buildinfo CUDA_VERSION) needs it)"
+  # sdserve.service's DevicePolicy resolves the NVIDIA device groups from /proc/devices when the
+  # unit starts, so nvidia-uvm must be loaded before that, now and at every boot (reboots, warm-pool
+  # restarts); the unprivileged service cannot load it or create /dev/nvidia-uvm itself.
+  echo nvidia-uvm > /etc/modules-load.d/sdserve-nvidia-uvm.conf
+  if command -v nvidia-modprobe >/dev/null; then run nvidia-modprobe -u -c=0; else run modprobe nvidia-uvm; fi
+  local uvm
+  uvm=$(awk '$2 == "nvidia-uvm" {print $1}' /proc/devices)
+  [[ -n $uvm ]] || die "the nvidia-uvm kernel module does not load (CUDA needs it; see $LOG)"
+  [[ -e /dev/nvidia-uvm ]] || { mknod -m 666 /dev/nvidia-uvm c "$uvm" 0 && mknod -m 666 /dev/nvidia-uvm-tools c "$uvm" 1; }
   local cuda cudnn cublas
   cuda=$(buildinfo CUDA_VERSION) cudnn=$(buildinfo CUDNN_VERSION) cublas=$(buildinfo CUBLAS_VERSION)
   local pkgs=("libcudnn9-cuda-${cuda%%.*}=$cudnn*" "libcublas-${cuda/./-}=$cublas*")
   log "driver $drv; installing ${pkgs[*]}"
-  if ! apt-cache policy "libcudnn9-cuda-${cuda%%.*}" | grep -q 'Candidate: [0-9]'; then
-    fetch https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2404/x86_64/cuda-keyring_1.1-1_all.deb /tmp/cuda-keyring.deb
-    run dpkg -i /tmp/cuda-keyring.deb
-  fi
-  run apt-get update -q
-  run env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends --allow-downgrades "${pkgs[@]}"
+  nvidia_repo "libcudnn9-cuda-${cuda%%.*}"
+  apt_get install -y --no-install-recommends --allow-downgrades "${pkgs[@]}"
   run ldconfig
   if ldd "$SDSERVE" | grep -q 'not found'; then
     die "unresolved libraries: $(ldd "$SDSERVE" | awk '/not found/ {print $1}' | tr '\n' ' ')"
@@ -229,6 +263,7 @@ pull() {  # pull ARGS...: sdserve pull into the cache; MODEL_PATH = its last std
 
 model() {
   STEP=model
+  heartbeat
   local src=${SDSERVE_MODEL_SOURCE:-stable-diffusion-v1-5/stable-diffusion-v1-5} sha=()
   [[ -n ${SDSERVE_MODEL_SHA256:-} ]] && sha=(--sha256 "$SDSERVE_MODEL_SHA256")
   log "model $(redact "$src")"
@@ -273,6 +308,10 @@ configure() {
     echo "SDSERVE_DRAIN_TIMEOUT=${SDSERVE_DRAIN_TIMEOUT:-110}"
     echo "SDSERVE_JOB_TIMEOUT=${SDSERVE_JOB_TIMEOUT:-300}"
     echo "SDSERVE_QUEUE_SIZE=${SDSERVE_QUEUE_SIZE:-16}"
+    # Idle connections outlast the load balancer's, so it never reuses one sdserve is closing (502s);
+    # each open connection holds a server thread, hence the larger pool.
+    echo "SDSERVE_KEEP_ALIVE_TIMEOUT=$((${SDSERVE_ALB_IDLE_TIMEOUT:-600} + 5))"
+    echo "SDSERVE_HTTP_THREADS=${SDSERVE_HTTP_THREADS:-256}"
     echo "SDSERVE_CACHE_DIR=$STATE/cache"
     echo "HF_HUB_OFFLINE=1"
     [[ -n ${KEY:-} ]] && echo "SDSERVE_API_KEY_FILE=$ETC/api-keys"
@@ -310,6 +349,7 @@ alive() {
 
 warm_up() {
   STEP=warm-up
+  heartbeat
   local deadline=$((SECONDS + ${SDSERVE_WARMUP_TIMEOUT:-1200})) code body
   log "waiting for http://127.0.0.1:$PORT/health"
   while :; do
@@ -321,6 +361,7 @@ warm_up() {
     ((SECONDS < deadline)) || die "sdserve was not healthy within ${SDSERVE_WARMUP_TIMEOUT:-1200} s (last /health: $code)"
     sleep 2
   done
+  heartbeat
   local size=${SDSERVE_WARMUP_SIZE:-512} auth=()
   [[ -n ${KEY:-} ]] && auth=(-H "Authorization: Bearer $KEY")
   code=$(curl -s --noproxy '*' -m 600 -o /dev/null -w '%{http_code}' "${auth[@]}" -H 'Content-Type: application/json' \

@@ -76,9 +76,21 @@ read_params() {  # the params file as KEY=VALUE words (blank lines and comments 
 
 ensure_bucket() {
   [[ -n $bucket ]] || die "--bucket NAME is required (the template is too large to send inline; the release goes there too)"
-  if aws_ s3api head-bucket --bucket "$bucket" >/dev/null 2>&1; then return; fi
+  # The region the CLI will use: --region, else the environment, else the profile (`aws configure
+  # get` reads only the files).
+  local r=${region:-${AWS_REGION:-${AWS_DEFAULT_REGION:-$(aws configure get region || true)}}}
+  if aws_ s3api head-bucket --bucket "$bucket" >/dev/null 2>&1; then
+    # `cloudformation deploy` hands CloudFormation a template URL for the stack's region: a bucket
+    # elsewhere fails with "must be addressed using the specified endpoint" (aws/aws-cli#4372).
+    local loc
+    loc=$(aws_ s3api get-bucket-location --bucket "$bucket" --query LocationConstraint --output text 2>/dev/null || true)
+    case $loc in None|null) loc=us-east-1 ;; EU) loc=eu-west-1 ;; esac
+    if [[ -n $loc && -n $r && $loc != "$r" ]]; then
+      die "s3://$bucket is in $loc but the stack goes to $r: name a bucket in $r (CloudFormation reads the template from the stack's region)"
+    fi
+    return
+  fi
   say "creating the private bucket s3://$bucket"
-  local r=${region:-$(aws configure get region || true)}
   if [[ -z $r || $r == us-east-1 ]]; then
     aws_ s3api create-bucket --bucket "$bucket" >/dev/null
   else

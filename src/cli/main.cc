@@ -575,6 +575,18 @@ int main(int argc, char** argv) {
                    "seconds a job may run before it fails with 504, checked between steps (default 0: no limit)")
       ->envname("SDSERVE_JOB_TIMEOUT");
   serve
+      ->add_option("--http-threads", so.http_threads,
+                   "threads serving connections; each open keep-alive or event-stream connection holds one "
+                   "(default 32)")
+      ->envname("SDSERVE_HTTP_THREADS")
+      ->check(CLI::Range(4, 4096));
+  serve
+      ->add_option("--keep-alive-timeout", so.keep_alive_timeout,
+                   "seconds an idle keep-alive connection stays open (default 5); behind a load balancer, more "
+                   "than its idle timeout")
+      ->envname("SDSERVE_KEEP_ALIVE_TIMEOUT")
+      ->check(CLI::Range(1, 4000));
+  serve
       ->add_option("--web-dir", so.web_dir,
                    "serve the web page from this folder (read on every request; for development) instead of the "
                    "copy built in")

@@ -152,6 +152,7 @@ int serve(const ServeOptions& opt) {
 
   httplib::Server srv;
   srv.new_task_queue = [n = opt.http_threads] { return new httplib::ThreadPool(size_t(n)); };
+  srv.set_keep_alive_timeout(opt.keep_alive_timeout);
   srv.set_payload_max_length(opt.max_body_bytes);
   srv.set_read_timeout(30, 0);
   srv.set_write_timeout(30, 0);

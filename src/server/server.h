@@ -32,7 +32,12 @@ struct ServeOptions {
   std::chrono::seconds job_ttl{3600};
   std::chrono::seconds drain_timeout{110};
   std::chrono::seconds job_timeout{0};  // 0: none (JobManagerOptions::job_timeout)
+  // Connections are served by a pool of this many threads; an open (keep-alive or event-stream)
+  // connection holds one.
   int http_threads = 32;
+  // Seconds an idle keep-alive connection stays open. Behind a load balancer it must outlast the
+  // balancer's own idle timeout, or the balancer may reuse a connection the server is closing (a 502).
+  int keep_alive_timeout = 5;
   std::string version = "sdserve";
   // Init images by URL ("url", "init_image_url", "mask_url"; docs/API.md): off unless
   // --allow-url-fetch. The guarded GET (net/fetch.h) takes max_body_bytes as its size cap.

@@ -6,8 +6,8 @@ test (applied only inside `patched()`):
 - Fn::GetAtt TargetGroup.TargetGroupFullName (moto's target group has no attribute getter).
 
 Resource types moto does not implement are skipped by moto itself with a warning (Secrets Manager
-secrets, security-group egress rules, scaling policies, alarms, bucket policies, warm pools): the
-test lists them so a reader knows what the moto run did not create."""
+secrets, security-group egress rules, scaling policies, alarms, bucket policies, warm pools,
+wait-condition handles): the test lists them so a reader knows what the moto run did not create."""
 import contextlib
 import ipaddress
 

@@ -161,6 +161,7 @@ def test_bootstrap_installs_pulls_verifies_and_serves(served):
     snapshot = root / "var/lib/sdserve/cache/models--test-org--sd1-tiny/snapshots" / HUB_SHA
     assert env["SDSERVE_MODEL"] == str(snapshot) and env["HF_HUB_OFFLINE"] == "1"
     assert env["SDSERVE_DEVICE"] == "cpu" and env["SDSERVE_HOST"] == "127.0.0.1"
+    assert env["SDSERVE_KEEP_ALIVE_TIMEOUT"] == "605"  # the ALB's default idle timeout (600) + 5
     assert (snapshot / ".sdserve-complete").exists()
     for f in TINY.rglob("*"):
         if f.is_file():
@@ -262,6 +263,10 @@ def test_backlog_publisher_sends_queue_plus_running(served, tmp_path):
     try:
         env, calls = agent_env(tmp_path, root, port, imds)
         run_agent("sdserve-backlog.sh", env)
+        # Not in service (a warm-pool instance warming up): nothing is published.
+        imds.values["meta-data/autoscaling/target-lifecycle-state"] = "Warmed:Pending:Wait"
+        run_agent("sdserve-backlog.sh", env)
+        imds.values["meta-data/autoscaling/target-lifecycle-state"] = "InService"
         jobs = [request(port, "POST", "/v1/jobs", {"prompt": f"busy {i}", "steps": 150, "width": 64, "height": 64},
                         key=KEY) for i in range(3)]
         assert all(status == 202 for status, _ in jobs), jobs
@@ -281,7 +286,7 @@ def test_backlog_publisher_sends_queue_plus_running(served, tmp_path):
     assert imds.tokenless == 0 and any("Backlog=" in line["msg"] for line in lines)
 
 
-@pytest.mark.parametrize("trigger", ["scale-in", "spot"])
+@pytest.mark.parametrize("trigger", ["scale-in", "spot", "warm-pool"])
 def test_lifecycle_agent_completes_launch_then_drains_before_termination(served, tmp_path, trigger):
     root, port, p, _ = served
     assert p.returncode == 0, p.stderr.decode()
@@ -303,6 +308,8 @@ def test_lifecycle_agent_completes_launch_then_drains_before_termination(served,
         assert status == 202
         if trigger == "scale-in":
             imds.values["meta-data/autoscaling/target-lifecycle-state"] = "Terminated"
+        elif trigger == "warm-pool":  # scale-in with ReuseOnScaleIn: back to the (stopped) warm pool
+            imds.values["meta-data/autoscaling/target-lifecycle-state"] = "Warmed:Stopped"
         else:
             imds.values["meta-data/spot/instance-action"] = '{"action": "terminate", "time": "2026-01-01T00:02:00Z"}'
         lines = run_agent("sdserve-lifecycle.sh", env)

@@ -118,3 +118,19 @@ def test_scale_and_key(tmp_path):
     assert p.returncode == 1 and b"usage: deploy.sh scale N" in p.stderr
     p, calls = run(tmp_path, "key", "--stack", "sd", replies=replies)
     assert p.returncode == 0 and p.stdout == b"the-key\n"
+
+
+def test_the_template_bucket_must_be_in_the_stacks_region(tmp_path, params):
+    """`cloudformation deploy --s3-bucket` gives CloudFormation a URL in the stack's region; a bucket
+    elsewhere fails there (aws/aws-cli#4372), so deploy.sh refuses it up front."""
+    p, calls = run(tmp_path, "up", "--region", "eu-west-1", "--params", params, "--bucket", "bucket-in-virginia",
+                   replies=[(["get-bucket-location"], "None", 0)] + OUTPUTS)
+    assert p.returncode == 1 and b"is in us-east-1 but the stack goes to eu-west-1" in p.stderr, p.stderr
+    assert not [c for c in calls if c[2:4] == ["cloudformation", "deploy"]]
+    # The region may come from the environment alone: a new bucket is created there.
+    (tmp_path / "bin" / "aws-calls.jsonl").unlink()
+    p, calls = run(tmp_path, "up", "--params", params, "--bucket", "new-bucket", env_extra={"AWS_DEFAULT_REGION": "eu-west-1"},
+                   replies=[(["head-bucket"], "", 254)] + OUTPUTS)
+    assert p.returncode == 0, p.stderr.decode()
+    assert ["s3api", "create-bucket", "--bucket", "new-bucket", "--create-bucket-configuration",
+            "LocationConstraint=eu-west-1"] in calls

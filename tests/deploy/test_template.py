@@ -65,7 +65,7 @@ SAMPLE = {  # realistic, long parameter and attribute values for the rendered us
     "ModelSource": "s3://my-company-models-ap-southeast-2/stable-diffusion/sdxl-base-1.0/sd_xl_base_1.0.safetensors",
     "ModelRevision": "0123456789abcdef0123456789abcdef01234567", "Variant": "fp16", "ModelSha256": "ef" * 32,
     "LoraS3Uri": "s3://my-company-models-ap-southeast-2/loras/", "UpscalerS3Uri": "s3://my-company-models-ap-southeast-2/upscalers/",
-    "DrainTimeout": "110", "JobTimeout": "300", "QueueSize": "16", "WarmupSeconds": "1200",
+    "DrainTimeout": "110", "JobTimeout": "300", "QueueSize": "16", "WarmupSeconds": "1200", "AlbIdleTimeout": "600",
 }
 
 
@@ -150,6 +150,9 @@ def test_user_data_settings_match_the_template(template):
     assert "CreationPolicy" in template["Resources"][env["SDSERVE_SIGNAL_RESOURCE"]]
     assert int(env["SDSERVE_PORT"]) == SERVICE_PORT == props(template, "TargetGroup")["Port"]
     assert env["SDSERVE_DEVICE"] == "cuda"
+    # sdserve's keep-alive is derived from the balancer's idle timeout (bootstrap: + 5 s), so the ALB
+    # never reuses a connection sdserve is closing.
+    assert env["SDSERVE_ALB_IDLE_TIMEOUT"] == "${AlbIdleTimeout}"
     assert env["SDSERVE_METRIC_NAMESPACE"] == props(template, "BacklogScaling")["TargetTrackingConfiguration"][
         "CustomizedMetricSpecification"]["Namespace"]
     # Every setting the bootstrap reads from deploy.env is written by the template (or has a default).
@@ -281,6 +284,29 @@ def test_auto_scaling_group_health_spot_and_lifecycle(template):
     # The warm-pool option: its own resource, and a rule that it comes without Spot.
     assert template["Resources"]["WarmPoolConfig"]["Condition"] == "UseWarmPool"
     assert "WarmPoolNeedsOnDemand" in template["Rules"]
+
+
+def test_load_balancer_and_instances_wait_for_the_new_vpcs_internet_path(template):
+    """No conditional DependsOn in CloudFormation: a handle whose Metadata references the new VPC's
+    gateway attachment and routes (Fn::If CreateVpc) orders the load balancer and the group after
+    them; otherwise the ALB can fail ("has no internet gateway") and instances boot without NAT."""
+    res = template["Resources"]
+
+    def waits_for(name, handle, needed):
+        assert handle in res[name]["DependsOn"], (name, handle)
+        ready = res[handle]["Metadata"]["Ready"]["Fn::If"]
+        assert ready[0] == "CreateVpc" and ready[2] == ""
+        assert {r["Ref"] for r in ready[1]} >= needed, (handle, needed - {r["Ref"] for r in ready[1]})
+
+    waits_for("LoadBalancer", "PublicNetworkReady", {"InternetGatewayAttachment", "PublicDefaultRoute",
+                                                     "PublicSubnet1Routes", "PublicSubnet2Routes"})
+    waits_for("AutoScalingGroup", "PrivateNetworkReady", {"PrivateDefaultRoute1", "PrivateDefaultRoute2",
+                                                          "PrivateSubnet1Routes", "PrivateSubnet2Routes", "S3Endpoint"})
+    # ALB log delivery: every region opened before August 2022 (Jakarta included) has its account.
+    legacy = {c["Fn::Equals"][1] for c in template["Conditions"]["ElbLegacyRegionA"]["Fn::Or"]
+              + template["Conditions"]["ElbLegacyRegionB"]["Fn::Or"]
+              + [x for x in template["Conditions"]["ElbLegacyRegion"]["Fn::Or"] if "Fn::Equals" in x]}
+    assert legacy == set(template["Mappings"]["ElbLogAccount"]) and "ap-southeast-3" in legacy
 
 
 def test_target_tracking_on_the_backlog_metric_the_instances_publish(template):
@@ -419,7 +445,8 @@ def test_parameter_groups_cover_every_parameter(template):
 # ------------------------------------------------------------------------------ two stacks
 
 MOTO_UNSUPPORTED = {"AWS::SecretsManager::Secret", "AWS::EC2::SecurityGroupEgress", "AWS::AutoScaling::ScalingPolicy",
-                    "AWS::CloudWatch::Alarm", "AWS::S3::BucketPolicy", "AWS::AutoScaling::WarmPool"}
+                    "AWS::CloudWatch::Alarm", "AWS::S3::BucketPolicy", "AWS::AutoScaling::WarmPool",
+                    "AWS::CloudFormation::WaitConditionHandle"}
 DLAMI = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id"
 
 
@@ -509,3 +536,10 @@ def test_systemd_units_parse_and_are_hardened():
     assert "User=sdserve" in sdserve and "CapabilityBoundingSet=\n" in sdserve
     assert "IPAddressDeny=169.254.169.254/32" in sdserve  # no instance metadata for the service
     assert "KillSignal=SIGTERM" in sdserve  # SIGTERM is sdserve's drain
+    # The GPU behind DevicePolicy=closed: current drivers list "nvidia" and "nvidiactl" in /proc/devices
+    # (older ones "nvidia-frontend"), plus "nvidia-uvm" and "nvidia-caps": one glob admits them all.
+    # A syscall outside @system-service fails with EPERM rather than killing the CUDA process.
+    assert "DevicePolicy=closed" in sdserve and "DeviceAllow=char-nvidia* rwm" in sdserve
+    assert "SystemCallErrorNumber=EPERM" in sdserve
+    bootstrap = (AWS / "bootstrap.sh").read_text()
+    assert "nvidia-modprobe -u -c=0" in bootstrap and "/etc/modules-load.d/" in bootstrap

@@ -463,3 +463,25 @@ def test_seed_img2img_route(server):
     assert body[:8] == b"\x89PNG\r\n\x1a\n"
     assert_error(*s.json("POST", "/img2img", {"prompt": "x"}), 400, "init_image")
     assert_error(*s.json("POST", "/txt2img", {"prompt": "x", "init_image": init}), 400, "/img2img")
+
+
+def test_keep_alive_timeout(server):
+    """--keep-alive-timeout: how long an idle connection stays open (behind a load balancer it must
+    outlast the balancer's idle timeout; deploy/aws sets it so)."""
+    def idle_then_request(s, idle):
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
+        conn.request("GET", "/health")
+        r = conn.getresponse()
+        assert r.status == 200 and r.getheader("Connection", "").lower() != "close"
+        r.read()
+        time.sleep(idle)
+        try:
+            conn.request("GET", "/health")
+            ok = conn.getresponse().status == 200
+        except (ConnectionError, http.client.HTTPException):
+            ok = False  # the server closed the idle connection
+        conn.close()
+        return ok
+
+    assert not idle_then_request(server("--keep-alive-timeout", "1"), 3)
+    assert idle_then_request(server("--keep-alive-timeout", "60"), 3)

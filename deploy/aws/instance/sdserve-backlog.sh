@@ -5,7 +5,8 @@
 # the API key when keys are configured) and publishes their sum as the CloudWatch metric
 # Backlog (namespace SDSERVE_METRIC_NAMESPACE, default sdserve) with the dimension
 # AutoScalingGroupName. The target-tracking policy averages it over the group: backlog per
-# instance. Nothing is published while sdserve is not healthy (loading, draining).
+# instance. Nothing is published while sdserve is not healthy (loading, draining) or the instance
+# is not in service (a warm-pool instance warming up would pull the average down with its zero).
 #
 # Environment: SDSERVE_PORT, SDSERVE_API_KEY_FILE (default /etc/sdserve/api-keys),
 # SDSERVE_METRIC_NAMESPACE. For tests: SDSERVE_IMDS_URL, SDSERVE_ASG_NAME (skips the metadata
@@ -41,7 +42,8 @@ while :; do
     key=$(grep -v -e '^[[:space:]]*#' -e '^[[:space:]]*$' "$key_file" | head -1 | tr -d '[:space:]')
     [[ -n $key ]] && auth=(-H "Authorization: Bearer $key")
   fi
-  if metrics=$(curl -fsS --noproxy '*' -m 5 "${auth[@]}" "http://127.0.0.1:$port/metrics") &&
+  if [[ $(imds meta-data/autoscaling/target-lifecycle-state) == InService ]] &&
+     metrics=$(curl -fsS --noproxy '*' -m 5 "${auth[@]}" "http://127.0.0.1:$port/metrics") &&
      [[ $(curl -s --noproxy '*' -m 3 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health") == 200 ]]; then
     backlog=$(awk '$1 == "sdserve_queue_depth" || $1 == "sdserve_jobs_running" { s += $2 } END { printf "%d", s }' <<<"$metrics")
     if aws cloudwatch put-metric-data --namespace "$namespace" --metric-name Backlog --unit Count \

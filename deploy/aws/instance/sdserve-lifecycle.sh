@@ -9,10 +9,12 @@
 #     completes the launch lifecycle hook (CONTINUE): the instance only joins the load balancer
 #     warm. This also covers instances that come back from a warm pool, where user data does not
 #     run again (the flag lives in /run, so every boot completes its own hook);
-#   - when the instance is to be terminated (scale-in, instance refresh, Spot interruption),
-#     stops sdserve (SIGTERM: /health 503, queued and running jobs finish within the drain
-#     timeout) and then completes the termination hook (CONTINUE), so the instance goes at once
-#     instead of waiting for the hook's timeout.
+#   - when the instance is to be terminated (scale-in, instance refresh, Spot interruption) or,
+#     with a warm pool that reuses instances, sent back to the pool from service (the termination
+#     hook then pauses it in Warmed:Pending:Wait with target state Warmed:Stopped), stops sdserve
+#     (SIGTERM: /health 503, queued and running jobs finish within the drain timeout) and then
+#     completes the termination hook (CONTINUE), so the instance goes at once instead of waiting
+#     for the hook's timeout.
 #
 # Environment (from /etc/sdserve/deploy.env): SDSERVE_LAUNCH_HOOK, SDSERVE_DRAIN_HOOK,
 # SDSERVE_PORT. For tests: SDSERVE_IMDS_URL (default http://169.254.169.254), SDSERVE_STOP_CMD
@@ -48,11 +50,13 @@ complete_hook() {  # complete_hook HOOK RESULT
   local asg id
   asg=$(imds meta-data/tags/instance/aws:autoscaling:groupName) || { log "no Auto Scaling group tag in instance metadata; not completing $1"; return 1; }
   id=$(imds meta-data/instance-id) || return 1
-  if aws autoscaling complete-lifecycle-action --lifecycle-hook-name "$1" --auto-scaling-group-name "$asg" \
-      --instance-id "$id" --lifecycle-action-result "$2" >/dev/null 2>&1; then
+  local out
+  if out=$(aws autoscaling complete-lifecycle-action --lifecycle-hook-name "$1" --auto-scaling-group-name "$asg" \
+      --instance-id "$id" --lifecycle-action-result "$2" 2>&1); then
     log "completed lifecycle hook $1 ($2)"
   else
-    log "no pending lifecycle action for $1 (nothing to complete)"
+    out=${out//[$'\n\r\t"\\']/ }  # one JSON-safe line (an IAM denial shows up here)
+    log "could not complete lifecycle hook $1 (no pending action?): ${out:0:300}"
   fi
 }
 
@@ -73,16 +77,19 @@ while :; do
   if [[ ! -e $state_dir/drained ]]; then
     target=$(imds meta-data/autoscaling/target-lifecycle-state) || target=""
     spot=$(imds meta-data/spot/instance-action) || spot=""
-    case $target in
-      Terminated|Warmed:Terminated|Detached) drain "target lifecycle state $target" ;;
-      *)
-        if [[ -n $spot ]]; then
-          drain "Spot interruption notice ${spot//\"/}"
-        elif [[ ($target == InService || $target == Warmed:*) && ! -e $state_dir/launched ]] && healthy; then
-          [[ -n ${SDSERVE_LAUNCH_HOOK:-} ]] && complete_hook "$SDSERVE_LAUNCH_HOOK" CONTINUE
-          touch "$state_dir/launched"
-        fi ;;
-    esac
+    # The target state this boot's launch hook was completed for (empty: not yet).
+    launched_as=""
+    [[ -e $state_dir/launched ]] && launched_as=$(<"$state_dir/launched")
+    if [[ $target == Terminated || $target == Warmed:Terminated || $target == Detached ]]; then
+      drain "target lifecycle state $target"
+    elif [[ -n $spot ]]; then
+      drain "Spot interruption notice ${spot//\"/}"
+    elif [[ $target == Warmed:* && $launched_as == InService ]]; then
+      drain "returning to the warm pool (target lifecycle state $target)"
+    elif [[ ($target == InService || $target == Warmed:*) && -z $launched_as ]] && healthy; then
+      [[ -n ${SDSERVE_LAUNCH_HOOK:-} ]] && complete_hook "$SDSERVE_LAUNCH_HOOK" CONTINUE
+      printf '%s\n' "$target" > "$state_dir/launched"
+    fi
   fi
   [[ ${SDSERVE_AGENT_ONCE:-0} == 1 ]] && exit 0
   sleep "$interval"
