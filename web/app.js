@@ -163,6 +163,8 @@ async function checkHealth() {
     clearTimeout(healthTimer);
     setStatus('Ready', 'ok');
     clearMessages('health');
+    // The server came back after the lists failed to load (it was unreachable at first): load them now.
+    if (listsState === 'failed') loadLists();
     return true;
   }
   let body = {};
@@ -197,10 +199,19 @@ async function loadModels() {
   } catch { /* reported by the error listener or lists below */ }
 }
 
+let listsState = 'new'; // 'loading', 'loaded', or 'failed' (the server could not be reached)
 async function loadLists() {
-  const safe = (p) => getJSON(p).catch((e) => { if (e.status !== 401) console.warn(p, e.message); return []; });
+  if (listsState === 'loading') return;
+  listsState = 'loading';
+  let unreachable = false;
+  const safe = (p) => getJSON(p).catch((e) => {
+    if (e.status === 0) unreachable = true;
+    else if (e.status !== 401) console.warn(p, e.message);
+    return [];
+  });
   const [samplers, schedulers, upscalers] = await Promise.all([
     safe('/sdapi/v1/samplers'), safe('/sdapi/v1/schedulers'), safe('/sdapi/v1/upscalers')]);
+  listsState = unreachable ? 'failed' : 'loaded';
   form.setLists({
     samplers: samplers.map((s) => s.name),
     schedulers: schedulers.map((s) => s.label || s.name),
@@ -274,8 +285,12 @@ document.addEventListener('dragover', (e) => {
 });
 document.addEventListener('drop', (e) => { if (hasFiles(e)) e.preventDefault(); });
 
-// Pasting an image puts it into the current tab's image slot.
+// Pasting an image puts it into the current tab's image slot; text pasted into a text field stays
+// there (a clipboard copied from a web page can carry an image beside its text).
 document.addEventListener('paste', (e) => {
+  const t = e.target;
+  const inText = t instanceof HTMLElement && (t.matches('input, textarea') || t.isContentEditable);
+  if (inText && e.clipboardData && Array.from(e.clipboardData.types).includes('text/plain')) return;
   const file = imageFromTransfer(e.clipboardData);
   if (!file) return;
   if (inputs[mode]) { e.preventDefault(); inputs[mode].set(file); } else if (mode === 'pnginfo') { e.preventDefault(); pngInfo.read(file); }

@@ -133,6 +133,14 @@ def test_lora_browser_weights_and_token_counter(open_studio):
     expect(page.get_by_role("slider", name="LoRA b_kohya weight")).to_be_visible()
     page.get_by_label("Remove LoRA a_kohya").click()
     expect(page.locator("#prompt")).to_have_value("a cat <lora:b_kohya:1>")
+    # Removing a tag between commas leaves one comma; a leading tag takes its comma with it.
+    page.fill("#prompt", "a, <lora:a_kohya:1>, b")
+    page.get_by_label("Remove LoRA a_kohya").click()
+    expect(page.locator("#prompt")).to_have_value("a, b")
+    page.fill("#prompt", "<lora:a_kohya:1>, b")
+    page.get_by_label("Remove LoRA a_kohya").click()
+    expect(page.locator("#prompt")).to_have_value("b")
+    page.fill("#prompt", "a cat <lora:b_kohya:1>")
 
     # The counter is the server's count, in 75-token chunks.
     expect(page.locator("#prompt-tokens")).to_have_text("2/75")
@@ -382,3 +390,39 @@ def test_paste_an_image_into_img2img(open_studio, make_png):
       document.dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt, bubbles: true }));
     }""", [base64.b64encode(raw).decode()])
     expect(page.locator("#img2img-input .input-info")).to_have_text("80×64")
+    # Text pasted into the prompt stays text, even when the clipboard also carries an image.
+    other = make_png(prompt="other", width=40, height=32)
+    page.evaluate("""([b64]) => {
+      const bin = atob(b64);
+      const bytes = new Uint8Array(bin.length);
+      for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+      const dt = new DataTransfer();
+      dt.setData('text/plain', 'a pasted phrase');
+      dt.items.add(new File([bytes], 'clip.png', { type: 'image/png' }));
+      document.querySelector('#prompt').dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt, bubbles: true }));
+    }""", [base64.b64encode(other).decode()])
+    expect(page.locator("#img2img-input .input-info")).to_have_text("80×64")
+
+
+def test_lists_load_once_an_unreachable_server_is_back(open_studio):
+    """The page was loaded, then the server became unreachable before its lists arrived: once /health
+    answers again, the samplers, models and LoRAs are loaded without a reload."""
+    st = open_studio(goto=False)
+    page = st.page
+    st.allow(r"ERR_FAILED|Failed to load resource")
+    down = {"on": True}
+
+    def maybe_fail(route):
+        if down["on"]:
+            route.abort()
+        else:
+            route.continue_()
+
+    page.route(re.compile(r".*/(health|sdapi/v1/.*|v1/models)$"), maybe_fail)
+    page.goto(st.origin + "/")
+    expect(page.locator("#server-status")).to_have_text("Offline")
+    expect(page.locator("#sampler option")).to_have_count(0)
+    down["on"] = False
+    expect(page.locator("#server-status")).to_have_text("Ready")
+    st.settings_loaded()
+    expect(page.locator("#model option")).not_to_have_count(0)

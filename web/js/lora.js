@@ -86,6 +86,9 @@ export class LoraPanel {
     // Tidy the spaces where the tag was, not the whole prompt (its line breaks stay).
     const before = p.value.slice(0, tag.index).replace(/[ \t]+$/, '');
     let after = p.value.slice(tag.index + tag.length);
+    // "a, <lora:x:1>, b" leaves "a, b"; "<lora:x:1>, b" leaves "b".
+    if (!before) after = after.replace(/^[ \t]*,?[ \t]*/, '');
+    else if (/,$/.test(before)) after = after.replace(/^[ \t]*,/, '');
     if (!before || /\s$/.test(before)) after = after.replace(/^[ \t]+/, '');
     else if (after && !/^[\s,]/.test(after)) after = ` ${after}`;
     p.value = before + after;
