@@ -1,6 +1,6 @@
 // libFuzzer target: A1111 prompt syntax (pipeline/prompt.h) on arbitrary bytes: extra-network
 // tags and LoRA multipliers, the attention parser, and the 75-token chunking that feeds the
-// text encoder (with the bundled CLIP tokenizer).
+// text encoder (with the bundled CLIP tokenizer), and the token count the web page shows.
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -33,8 +33,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   sdserve::ChunkOptions opt;
   opt.max_chunks = 1000;
   try {
-    for (const auto& c : sdserve::chunk_prompt(tok, extra.prompt, opt))
+    const auto chunks = sdserve::chunk_prompt(tok, extra.prompt, opt);
+    for (const auto& c : chunks)
       if (c.ids.size() != 77 || c.multipliers.size() != 77 || c.ids.front() != tok.bos_id()) std::abort();
+    // The token counter (POST /v1/tokenize): within the chunks, limit a multiple of 75 above it.
+    const auto n = sdserve::count_prompt_tokens(chunks, tok.eos_id());
+    if (n.chunks != chunks.size() || n.tokens > 75 * n.chunks || n.limit % 75 != 0 || n.limit < n.tokens ||
+        n.limit < 75)
+      std::abort();
   } catch (const sdserve::InvalidArgument&) {
     // too many chunks: a clear error
   }
