@@ -35,6 +35,11 @@ function(sdserve_embed_dir target dir out_cc)
     if(name MATCHES "^\\." OR name MATCHES "~$" OR name MATCHES "\\.sw.$")
       continue()
     endif()
+    # The server serves only such names (server/web.cc, web_relative_path); anything else could not
+    # be requested, and a quote would break the generated table.
+    if(NOT rel MATCHES "^[A-Za-z0-9._/-]+$")
+      message(FATAL_ERROR "web/${rel}: file names in web/ must be made of A-Z a-z 0-9 . _ - only")
+    endif()
     sdserve_embed(${target} sdserve_web_${i} ${dir}/${rel})
     string(APPEND decls "extern \"C\" const unsigned char sdserve_web_${i}[];\nextern \"C\" const unsigned char sdserve_web_${i}_end[];\n")
     string(APPEND rows "    {\"${rel}\", sdserve_web_${i}, sdserve_web_${i}_end},\n")
