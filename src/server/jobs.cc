@@ -411,12 +411,9 @@ void JobManager::worker_main() {
     else
       run(batch[0]);
     // Every run ends its jobs (conclude); one it left open would wait forever, so it fails.
-    for (const auto& job : batch) {
-      std::unique_lock<std::mutex> lk(mu_);
-      const bool open = std::find(running_.begin(), running_.end(), job) != running_.end();
-      lk.unlock();
-      if (open) conclude(job, []() -> JobResults { throw InternalError("the job ended without a result"); });
-    }
+    for (const auto& job : batch)
+      if (still_running(job))
+        conclude(job, []() -> JobResults { throw InternalError("the job ended without a result"); });
     active_.reset();
     std::lock_guard<std::mutex> lk(mu_);
     stats_.busy_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
@@ -503,14 +500,8 @@ void JobManager::run_batch(const std::vector<std::shared_ptr<Job>>& batch) {
     // generate_batch reports each request's own errors through `done`; what escapes it (out of
     // memory, say) ends the jobs it had not ended yet.
     const std::exception_ptr ep = std::current_exception();
-    for (const auto& job : batch) {
-      bool open;
-      {
-        std::lock_guard<std::mutex> lk(mu_);
-        open = std::find(running_.begin(), running_.end(), job) != running_.end();
-      }
-      if (open) conclude(job, [&]() -> JobResults { std::rethrow_exception(ep); });
-    }
+    for (const auto& job : batch)
+      if (still_running(job)) conclude(job, [&]() -> JobResults { std::rethrow_exception(ep); });
   }
 }
 
@@ -526,6 +517,11 @@ void JobManager::run_work(const std::shared_ptr<Job>& job) {
     if (job->cancel) throw Cancelled();
     return job->work(progress);
   });
+}
+
+bool JobManager::still_running(const std::shared_ptr<Job>& job) const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return std::find(running_.begin(), running_.end(), job) != running_.end();
 }
 
 void JobManager::conclude(const std::shared_ptr<Job>& job, const std::function<JobResults()>& body) {

@@ -197,6 +197,8 @@ class JobManager {
   // never sees a finished job without its end time): its results; canceled, or failed with the
   // timeout's 504 when it was stopped for running too long; or failed with its error mapped to HTTP.
   void conclude(const std::shared_ptr<Job>& job, const std::function<JobResults()>& body);
+  // True until conclude() (or the worker's failure path) has ended the job.
+  bool still_running(const std::shared_ptr<Job>& job) const;
   // The progress callbacks' answer, with mu_ held: false once the job is canceled or has run past
   // the per-job timeout (which sets timed_out).
   bool keep_going_locked(Job& job) const;
