@@ -13,25 +13,29 @@ jobs=$(nproc)
 # default (spinning) wait policy, oversubscribed threads burn their time slices at barriers
 # and the tiny-model tests run 3-10x slower. Passive waiting makes them sleep instead.
 export OMP_WAIT_POLICY=passive
+# Each stage's start prints the minutes and seconds since the run began: CI has an hour on two
+# cores, and these stamps show where it goes.
+stage() { printf '== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 "$here/scripts/deps.sh"
 
-echo "== format check"
+stage "format check"
 mapfile -t sources < <(git ls-files 'src/*.cc' 'src/*.h' 'src/*.cu' 'tests/unit/*.cc' 'tests/unit/*.h' 'fuzz/*.cc' 'bench/*.cc' 'bench/*.h' \
                         | grep -v 'unicode_tables')
 clang-format --dry-run --Werror "${sources[@]}"
 
-echo "== release build + unit tests"
+stage "release build"
 cmake --preset release >/dev/null
 cmake --build build/release -j "$jobs"
+stage "release unit tests"
 ctest --test-dir build/release --output-on-failure -j "$jobs"
 
-echo "== CLI black-box tests"
+stage "CLI black-box tests"
 SDSERVE_BIN="$here/build/release/sdserve" python3 -m pytest -q tests/e2e
 
-echo "== web page tests (Playwright + Debian's chromium, headless)"
+stage "web page tests (Playwright + Debian's chromium, headless)"
 SDSERVE_BIN="$here/build/release/sdserve" python3 -m pytest -q tests/web
 
-echo "== AWS deployment tests (cfn-lint, checkov, shellcheck, template assertions, moto, bootstrap)"
+stage "AWS deployment tests (cfn-lint, checkov, shellcheck, template assertions, moto, bootstrap)"
 SDSERVE_BIN="$here/build/release/sdserve" python3 -m pytest -q tests/deploy
 
 if [[ -x /usr/local/cuda/bin/nvcc && "${SKIP_CUDA:-0}" != 1 ]]; then
@@ -39,21 +43,22 @@ if [[ -x /usr/local/cuda/bin/nvcc && "${SKIP_CUDA:-0}" != 1 ]]; then
   # (tools/device/run_gpu_checks.sh) and skip here, saying so. CI compiles sm_75 and sm_90, one
   # of each code path our kernels have (__CUDA_ARCH__ < 800 and >= 800; sm_86 and sm_89 take the
   # sm_90 path), to stay inside the hour; the `cuda` preset builds all four targets.
-  echo "== CUDA build (compile only, sm_75 + sm_90; GPU tests skip without a GPU)"
+  stage "CUDA build (compile only, sm_75 + sm_90; GPU tests skip without a GPU)"
   PATH=/usr/local/cuda/bin:$PATH cmake --preset cuda -DSDSERVE_BUILD_BENCH=ON "-DCMAKE_CUDA_ARCHITECTURES=${CI_CUDA_ARCHS:-75;90}" >/dev/null
   PATH=/usr/local/cuda/bin:$PATH cmake --build build/cuda -j "$jobs" --target sdserve sdserve_unit_tests sdserve_bench
   build/cuda/sdserve_unit_tests --gtest_brief=1 --gtest_filter='Cuda*:*/Cuda*:Device.*'
 fi
 
 if [[ "${SKIP_ASAN:-0}" != 1 ]]; then
-  echo "== ASan/UBSan build + unit tests"
+  stage "ASan/UBSan build"
   cmake --preset asan >/dev/null
   cmake --build build/asan -j "$jobs"
+  stage "ASan/UBSan unit tests"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --test-dir build/asan --output-on-failure -j "$jobs"
   # The HTTP service under ASan/UBSan: the server's black-box tests (the load test in its short
   # version) against the sanitized binary; any report aborts the server and fails its test.
-  echo "== ASan/UBSan server tests"
+  stage "ASan/UBSan server tests"
   ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     SDSERVE_E2E_SANITIZED=1 SDSERVE_E2E_LOAD_JOBS=100 SDSERVE_BIN="$here/build/asan/sdserve" \
     python3 -m pytest -q tests/e2e/test_server.py tests/e2e/test_a1111_api.py tests/e2e/test_url_fetch.py \
@@ -62,9 +67,10 @@ fi
 
 fuzz_seconds=${FUZZ_SECONDS:-20}
 if ((fuzz_seconds > 0)); then
-  echo "== fuzz smoke (${fuzz_seconds}s per target)"
+  stage "fuzz build (${fuzz_seconds}s per target to follow)"
   cmake --preset fuzz >/dev/null
   cmake --build build/fuzz -j "$jobs"
+  stage "fuzz runs"
   for target in build/fuzz/fuzz_*; do
     name=$(basename "$target")
     corpus_src="fuzz/corpus/${name#fuzz_}"
@@ -79,4 +85,4 @@ if ((fuzz_seconds > 0)); then
     rm -rf "$work"
   done
 fi
-echo "== all tests passed"
+stage "all tests passed"
