@@ -4,8 +4,10 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 
+# ocl-icd-opencl-dev: Debian's oneDNN config (dnnl-config.cmake) looks for OpenCL; its package only
+# recommends it, and we install without recommends.
 pkgs=(cmake ninja-build g++ clang lld libclang-rt-14-dev pkg-config
-      libdnnl-dev libopenblas-dev nlohmann-json3-dev libcli11-dev zlib1g-dev libpng-dev
+      libdnnl-dev ocl-icd-opencl-dev libopenblas-dev nlohmann-json3-dev libcli11-dev zlib1g-dev libpng-dev
       libjpeg62-turbo-dev libwebp-dev
       libcpp-httplib-dev libssl-dev libbrotli-dev
       libgtest-dev libgmock-dev libbenchmark-dev python3 python3-pip python3-venv
