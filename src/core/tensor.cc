@@ -181,6 +181,24 @@ bool Tensor::is_contiguous() const {
   return true;
 }
 
+bool Tensor::is_channels_last() const {
+  if (dim() != 4) return false;
+  for (int64_t d : shape_)
+    if (d == 0) return false;
+  int64_t acc = 1;
+  for (const int d : {1, 3, 2, 0}) {  // C innermost, then W, H, N
+    const size_t i = size_t(d);
+    if (shape_[i] != 1 && strides_[i] != acc) return false;
+    acc *= shape_[i];
+  }
+  return true;
+}
+
+Tensor Tensor::empty_channels_last(const Shape& nchw, DType dtype, Device device) {
+  SD_CHECK_ARG(nchw.size() == 4, "empty_channels_last: shape must be [N, C, H, W], got " + shape_str(nchw));
+  return empty({nchw[0], nchw[2], nchw[3], nchw[1]}, dtype, device).permute({0, 3, 1, 2});
+}
+
 Tensor Tensor::view(const Shape& shape) const {
   SD_CHECK_ARG(is_contiguous(), "view of a non-contiguous tensor");
   Shape s = shape;

@@ -44,6 +44,12 @@ class Tensor {
   Device device() const { return device_; }
   size_t nbytes() const { return size_t(numel()) * dtype_size(dtype_); }
   bool is_contiguous() const;
+  // A 4-D [N, C, H, W] tensor whose memory is dense [N, H, W, C] ("channels last", PyTorch's
+  // torch.channels_last): what a CUDA half-precision convolution returns (docs/CUDA.md). Every op
+  // accepts it (those without a channels-last kernel make it contiguous first); view() does not.
+  bool is_channels_last() const;
+  // An uninitialised channels-last tensor of logical shape [N, C, H, W].
+  static Tensor empty_channels_last(const Shape& nchw, DType dtype, Device device = Device::cpu());
 
   void* raw_data() const { return static_cast<char*>(buf_.get()) + offset_; }
   template <typename T>

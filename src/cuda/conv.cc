@@ -117,4 +117,12 @@ bool conv_channels_last(DType dt) {
   return !nchw && (dt == DType::F16 || dt == DType::BF16);
 }
 
+bool keep_channels_last(DType dt) {
+  static const bool off = [] {
+    const char* v = std::getenv("SDSERVE_CUDA_KEEP_CHANNELS_LAST");
+    return v && std::string(v) == "0";
+  }();
+  return !off && conv_channels_last(dt);
+}
+
 }  // namespace sdserve::cuda

@@ -24,5 +24,9 @@ void conv2d(const ConvArgs& args, int device);
 // Whether half-precision convolutions run channels last: yes unless
 // SDSERVE_CUDA_CONV_LAYOUT=nchw (f32 always runs NCHW, with FMA math, to match the CPU).
 bool conv_channels_last(DType dt);
+// Whether those convolutions also hand their output on channels last (a permuted view,
+// Tensor::is_channels_last) for the next ops to read as it is, rather than transposing it back
+// to NCHW: yes with conv_channels_last unless SDSERVE_CUDA_KEEP_CHANNELS_LAST=0.
+bool keep_channels_last(DType dt);
 
 }  // namespace sdserve::cuda

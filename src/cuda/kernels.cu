@@ -376,6 +376,26 @@ struct AddPerPlaneOp {
   }
 };
 
+// Channels last: out[s, p, ch] = x[s, p, ch] + b[s, ch] over `per_sample` = hw * c values a sample.
+template <typename T>
+struct AddPerChannelLastOp {
+  const T* x;
+  const T* b;  // [samples, c]
+  int64_t c, per_sample;
+  T* out;
+  template <int W>  // W > 1 needs c % W == 0, so a pack stays within one pixel
+  __device__ __forceinline__ void apply(int64_t i) const {
+    const int64_t s = div_fast(i, per_sample);
+    const int64_t ch = (i - s * per_sample) - div_fast(i - s * per_sample, c) * c;
+    const T* bs = b + s * c + ch;
+    const Pack<T, W> v = load_pack<W>(x + i);
+    Pack<T, W> r;
+#pragma unroll
+    for (int k = 0; k < W; ++k) r.v[k] = from_f<T>(to_f(v.v[k]) + to_f(bs[k]));
+    store_pack<W>(out + i, r);
+  }
+};
+
 template <typename T, Act A>
 struct ActOp {
   const T* x;
@@ -445,6 +465,24 @@ __global__ void __launch_bounds__(256) upsample_nearest_kernel(UpsampleArgs<E> a
     for (int ox = lane; ox < ow; ox += 32) dst[ox] = src[min(int(float(ox) * a.sx), wmax)];
   }
 }
+
+// Channels last: out[s, oy, ox, :] = x[s, iy, ix, :], one output element (or a pack of W
+// channels) a thread, so reads and writes both run along the channels.
+template <typename E>
+struct UpsampleChannelsLastOp {
+  const E* x;
+  int64_t c, h, w, oh, ow;
+  float sy, sx;
+  E* out;
+  template <int W>  // W > 1 needs c % W == 0
+  __device__ __forceinline__ void apply(int64_t i) const {
+    const int64_t pix = div_fast(i, c), ch = i - pix * c;
+    const int64_t r = div_fast(pix, ow), ox = pix - r * ow;
+    const int64_t s = div_fast(r, oh), oy = r - s * oh;
+    const int64_t iy = min(int64_t(float(oy) * sy), h - 1), ix = min(int64_t(float(ox) * sx), w - 1);
+    store_pack<W>(out + i, load_pack<W>(x + ((s * h + iy) * w + ix) * c + ch));
+  }
+};
 
 template <typename T>
 struct FillOp {
@@ -694,6 +732,10 @@ __global__ void __launch_bounds__(kTeamBlock<kTeam>) softmax_kernel(SoftmaxArgs<
 // f32 sums from losing the digits that matter when |mean| >> stddev (an f32 mean alone can be
 // off by stddev * 1e-5 there), and the output is computed as ((x - p) - mean') * scale + beta
 // rather than x * scale + shift, which would cancel the same way.
+// Channels last (kCL: x is [n, hw, c]): a group's values are the same len = cg * hw values,
+// taken pixel by pixel (element i is channel g*cg + i % cg of pixel i / cg), so the statistics
+// and their chunking are the same; consecutive blocks take one chunk (one pixel range) of every
+// group in turn, so the groups that share those pixels' cache lines read them together.
 
 constexpr int kGnThreads = 256;
 constexpr int kGnK = 16;
@@ -706,6 +748,7 @@ struct GroupNormArgs {
   const T* beta;
   T* out;
   int64_t len, chunks, total;  // values a group, chunks a group, total chunks
+  int64_t ngroups;             // samples * groups
   int64_t hw;
   int64_t groups, cg;
   float eps;
@@ -713,24 +756,56 @@ struct GroupNormArgs {
   float* partial;  // [total][2]: chunk mean and M2 of x - pivot (unfused only)
 };
 
-template <typename T, bool kFused>
+// Where a (sample, group)'s values start: NCHW, a contiguous run; channels last, channel g*cg of
+// the sample's first pixel.
+template <bool kCL, typename T>
+__device__ __forceinline__ int64_t gn_group_base(const GroupNormArgs<T>& a, int64_t grp) {
+  if constexpr (kCL) {
+    const int64_t sample = div_fast(grp, a.groups);
+    return sample * a.hw * a.groups * a.cg + (grp - sample * a.groups) * a.cg;
+  } else {
+    return grp * a.len;
+  }
+}
+
+// Offset of a group's value i from its base.
+template <bool kCL, typename T>
+__device__ __forceinline__ int64_t gn_offset(const GroupNormArgs<T>& a, int64_t i) {
+  if constexpr (kCL) {
+    const int64_t px = div_fast(i, a.cg);
+    return px * a.groups * a.cg + (i - px * a.cg);
+  } else {
+    return i;
+  }
+}
+
+template <typename T, bool kFused, bool kCL>
 __global__ void __launch_bounds__(kGnThreads) gn_stats_kernel(GroupNormArgs<T> a) {
   __shared__ float red[32];
   const int t = int(threadIdx.x);
   for (int64_t b = blockIdx.x; b < a.total; b += gridDim.x) {
     // Fused: one chunk a group, so no division (whose 64-bit slow path cost a spill here).
-    const int64_t grp = kFused ? b : div_fast(b, a.chunks);
-    const int64_t start = kFused ? 0 : (b - grp * a.chunks) * kGnChunk;
+    // NCHW walks a group's chunks in turn; channels last walks a chunk of every group in turn.
+    int64_t grp = b, chunk = 0;
+    if constexpr (!kFused) {
+      if constexpr (kCL) {
+        chunk = div_fast(b, a.ngroups);
+        grp = b - chunk * a.ngroups;
+      } else {
+        grp = div_fast(b, a.chunks);
+        chunk = b - grp * a.chunks;
+      }
+    }
+    const int64_t start = chunk * kGnChunk;
     const int cnt = int(min(kGnChunk, a.len - start));
-    const T* xg = a.x + grp * a.len;
+    const T* xg = a.x + gn_group_base<kCL>(a, grp);
     const float pivot = to_f(xg[0]);
-    const T* x = xg + start;
     float v[kGnK];
     float s = 0.f;
 #pragma unroll
     for (int k = 0; k < kGnK; ++k) {
       const int i = t + k * kGnThreads;
-      v[k] = i < cnt ? to_f(x[i]) - pivot : 0.f;
+      v[k] = i < cnt ? to_f(xg[gn_offset<kCL>(a, start + i)]) - pivot : 0.f;
       s += v[k];
     }
     const float inv_cnt = recip_ge1(float(cnt));
@@ -744,25 +819,26 @@ __global__ void __launch_bounds__(kGnThreads) gn_stats_kernel(GroupNormArgs<T> a
     const float m2 = team_reduce<kGnThreads>(q, red, SumOp{});
     if constexpr (!kFused) {
       if (t == 0) {
-        a.partial[2 * b] = mean;
-        a.partial[2 * b + 1] = m2;
+        const int64_t slot = grp * a.chunks + chunk;  // the finalize kernel's order
+        a.partial[2 * slot] = mean;
+        a.partial[2 * slot + 1] = m2;
       }
     } else {
       // The chunk is the whole group (cnt == len <= kGnChunk, so 32-bit channel arithmetic).
       const float inv = inv_std(m2 * inv_cnt + a.eps);
       const int c0 = int(grp - div_fast(grp, a.groups) * a.groups) * int(a.cg);
-      const int hw = int(a.hw);
-      T* y = a.out + grp * a.len;
+      const int hw = int(a.hw), cg = int(a.cg);
+      T* y = a.out + gn_group_base<kCL>(a, grp);
 #pragma unroll
       for (int k = 0; k < kGnK; ++k) {
         const int i = t + k * kGnThreads;
         if (i < cnt) {
-          const int ch = c0 + i / hw;
+          const int ch = c0 + (kCL ? i % cg : i / hw);
           const float ga = a.gamma ? to_f(a.gamma[ch]) : 1.f;
           const float be = a.beta ? to_f(a.beta[ch]) : 0.f;
           float o = (v[k] - mean) * (inv * ga) + be;
           if (a.silu) o = silu_f(o);
-          y[i] = from_f<T>(o);
+          y[gn_offset<kCL>(a, i)] = from_f<T>(o);
         }
       }
     }
@@ -776,7 +852,7 @@ struct alignas(16) GnCoef {
 
 // One warp a (sample, group): merges the chunk stats and writes the GnCoef of each of the
 // group's channels into table[sample * c + channel].
-template <typename T>
+template <typename T, bool kCL>
 __global__ void __launch_bounds__(128) gn_finalize_kernel(GroupNormArgs<T> a, int64_t ngroups, GnCoef* table) {
   constexpr int kWarps = 128 / 32;
   const int lane = int(threadIdx.x) % 32;
@@ -794,7 +870,7 @@ __global__ void __launch_bounds__(128) gn_finalize_kernel(GroupNormArgs<T> a, in
       q += p[2 * j + 1] + count(j) * d * d;
     }
     const float inv = inv_std(team_reduce<32>(q, nullptr, SumOp{}) * inv_len + a.eps);
-    const float pivot = to_f(a.x[g * a.len]);
+    const float pivot = to_f(a.x[gn_group_base<kCL>(a, g)]);
     const int64_t sample = div_fast(g, a.groups);
     const int64_t c0 = (g - sample * a.groups) * a.cg;
     for (int64_t ch = lane; ch < a.cg; ch += 32) {
@@ -820,6 +896,30 @@ struct GnApplyOp {
 #pragma unroll
     for (int k = 0; k < W; ++k) {
       float o = ((to_f(v.v[k]) - cf.pivot) - cf.mean) * cf.scale + cf.beta;
+      if (silu) o = silu_f(o);
+      r.v[k] = from_f<T>(o);
+    }
+    store_pack<W>(out + i, r);
+  }
+};
+
+// Channels last: element i is channel i % c of pixel i / c; the table is per (sample, channel).
+template <typename T>
+struct GnApplyChannelsLastOp {
+  const T* x;
+  const GnCoef* table;
+  int64_t c, hw;
+  bool silu;
+  T* out;
+  template <int W>  // W > 1 needs c % W == 0
+  __device__ __forceinline__ void apply(int64_t i) const {
+    const int64_t px = div_fast(i, c), ch = i - px * c;
+    const GnCoef* cf = table + div_fast(px, hw) * c + ch;
+    const Pack<T, W> v = load_pack<W>(x + i);
+    Pack<T, W> r;
+#pragma unroll
+    for (int k = 0; k < W; ++k) {
+      float o = ((to_f(v.v[k]) - cf[k].pivot) - cf[k].mean) * cf[k].scale + cf[k].beta;
       if (silu) o = silu_f(o);
       r.v[k] = from_f<T>(o);
     }
@@ -1008,6 +1108,20 @@ void add_per_plane(const void* x, const void* b, int64_t planes, int64_t nb, int
   });
 }
 
+void add_per_channel_last(const void* x, const void* b, int64_t n, int64_t hw, int64_t c, void* out, DType dt,
+                          cudaStream_t stream) {
+  if (n == 0 || hw == 0 || c == 0) return;
+  dispatch_float(dt, "add_per_channel_last", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    constexpr int W = kPackWidth<T>;
+    const bool vec = c % W == 0 && aligned(x, 16) && aligned(out, 16);
+    launch_elementwise<W>(
+        n * hw * c, vec,
+        AddPerChannelLastOp<T>{static_cast<const T*>(x), static_cast<const T*>(b), c, hw * c, static_cast<T*>(out)},
+        stream, "add_per_channel_last");
+  });
+}
+
 void activation(const void* x, int64_t n, Act act, void* out, DType dt, cudaStream_t stream) {
   if (n == 0) return;
   dispatch_float(dt, "activation", [&](auto tag) {
@@ -1056,7 +1170,7 @@ void layer_norm(const void* x, const void* gamma, const void* beta, int64_t rows
 }
 
 void group_norm(const void* x, const void* gamma, const void* beta, int64_t n, int64_t c, int64_t hw, int64_t groups,
-                float eps, bool silu, void* out, DType dt, cudaStream_t stream) {
+                float eps, bool silu, void* out, DType dt, cudaStream_t stream, bool channels_last) {
   if (n == 0 || c == 0 || hw == 0) return;
   SD_CHECK_ARG(groups > 0 && c % groups == 0, "group_norm: channels must split evenly into groups");
   dispatch_float(dt, "group_norm", [&](auto tag) {
@@ -1070,34 +1184,48 @@ void group_norm(const void* x, const void* gamma, const void* beta, int64_t n, i
                        len,
                        chunks,
                        ngroups * chunks,
+                       ngroups,
                        hw,
                        groups,
                        cg,
                        eps,
                        silu,
                        nullptr};
-    if (chunks == 1) {
-      gn_stats_kernel<T, true><<<blocks_for(a.total, 1), kGnThreads, 0, stream>>>(a);
-      check_launch("group_norm");
-      return;
-    }
-    // Workspace: the coefficient table, then the chunk stats. It goes back to the caching
-    // allocator when this function returns, before the kernels ran; that is safe because the
-    // allocator's next user queues its work behind ours on the same stream (cuda/runtime.h).
-    int device = 0;
-    SD_CUDA_CHECK(cudaGetDevice(&device));
-    const std::shared_ptr<void> ws =
-        allocate(size_t(n * c) * sizeof(GnCoef) + size_t(2 * a.total) * sizeof(float), device);
-    GnCoef* table = static_cast<GnCoef*>(ws.get());
-    a.partial = reinterpret_cast<float*>(table + n * c);
+    const auto run = [&]<bool kCL>() {
+      if (chunks == 1) {
+        gn_stats_kernel<T, true, kCL><<<blocks_for(a.total, 1), kGnThreads, 0, stream>>>(a);
+        check_launch("group_norm");
+        return;
+      }
+      // Workspace: the coefficient table, then the chunk stats. It goes back to the caching
+      // allocator when this function returns, before the kernels ran; that is safe because the
+      // allocator's next user queues its work behind ours on the same stream (cuda/runtime.h).
+      int device = 0;
+      SD_CUDA_CHECK(cudaGetDevice(&device));
+      const std::shared_ptr<void> ws =
+          allocate(size_t(n * c) * sizeof(GnCoef) + size_t(2 * a.total) * sizeof(float), device);
+      GnCoef* table = static_cast<GnCoef*>(ws.get());
+      a.partial = reinterpret_cast<float*>(table + n * c);
 
-    gn_stats_kernel<T, false><<<blocks_for(a.total, 1), kGnThreads, 0, stream>>>(a);
-    check_launch("group_norm");
-    gn_finalize_kernel<T><<<blocks_for(ngroups, 128 / 32), 128, 0, stream>>>(a, ngroups, table);
-    check_launch("group_norm");
-    constexpr int W = kPackWidth<T>;
-    const bool vec = hw % W == 0 && aligned(x, 16) && aligned(out, 16);
-    launch_elementwise<W>(n * c * hw, vec, GnApplyOp<T>{a.x, table, hw, silu, a.out}, stream, "group_norm");
+      gn_stats_kernel<T, false, kCL><<<blocks_for(a.total, 1), kGnThreads, 0, stream>>>(a);
+      check_launch("group_norm");
+      gn_finalize_kernel<T, kCL><<<blocks_for(ngroups, 128 / 32), 128, 0, stream>>>(a, ngroups, table);
+      check_launch("group_norm");
+      constexpr int W = kPackWidth<T>;
+      if constexpr (kCL) {
+        const bool vec = c % W == 0 && aligned(x, 16) && aligned(out, 16);
+        launch_elementwise<W>(n * c * hw, vec, GnApplyChannelsLastOp<T>{a.x, table, c, hw, silu, a.out}, stream,
+                              "group_norm");
+      } else {
+        const bool vec = hw % W == 0 && aligned(x, 16) && aligned(out, 16);
+        launch_elementwise<W>(n * c * hw, vec, GnApplyOp<T>{a.x, table, hw, silu, a.out}, stream, "group_norm");
+      }
+    };
+    if (channels_last) {
+      run.template operator()<true>();
+    } else {
+      run.template operator()<false>();
+    }
   });
 }
 
@@ -1148,6 +1276,24 @@ void upsample_nearest(const void* x, int64_t nc, int64_t h, int64_t w, int64_t o
                               static_cast<E*>(out)};
       upsample_nearest_kernel<E><<<blocks_for(nc * oh, 8), 256, 0, stream>>>(a);
       check_launch("upsample_nearest");
+    });
+  });
+}
+
+void upsample_nearest_channels_last(const void* x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t oh, int64_t ow,
+                                    void* out, DType dt, cudaStream_t stream) {
+  if (n == 0 || c == 0 || oh == 0 || ow == 0) return;
+  SD_CHECK_ARG(h > 0 && w > 0, "upsample_nearest: empty input planes");
+  dispatch_float(dt, "upsample_nearest", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    dispatch_raw(sizeof(T), "upsample_nearest", [&](auto raw) {
+      using E = typename decltype(raw)::type;
+      constexpr int W = kPackWidth<E>;
+      const bool vec = c % W == 0 && aligned(x, 16) && aligned(out, 16);
+      launch_elementwise<W>(n * oh * ow * c, vec,
+                            UpsampleChannelsLastOp<E>{static_cast<const E*>(x), c, h, w, oh, ow, float(h) / float(oh),
+                                                      float(w) / float(ow), static_cast<E*>(out)},
+                            stream, "upsample_nearest");
     });
   });
 }

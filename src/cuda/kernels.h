@@ -35,6 +35,10 @@ void add_broadcast(const void* a, int64_t na, const void* b, int64_t nb, void* o
 void add_per_plane(const void* x, const void* b, int64_t planes, int64_t nb, int64_t hw, void* out, DType dt,
                    cudaStream_t stream);
 
+// Channels last: out[s, p, ch] = x[s, p, ch] + b[s, ch] for x [n, hw, c] and b [n, c].
+void add_per_channel_last(const void* x, const void* b, int64_t n, int64_t hw, int64_t c, void* out, DType dt,
+                          cudaStream_t stream);
+
 enum class Act { GELU, GELUTanh, QuickGELU, SiLU };
 // out[i] = act(x[i]). GELU is erf-based (erff), GELUTanh PyTorch's tanh form,
 // QuickGELU x*sigmoid(1.702x), SiLU x*sigmoid(x).
@@ -46,9 +50,9 @@ void geglu(const void* x, int64_t rows, int64_t inner, void* out, DType dt, cuda
 void layer_norm(const void* x, const void* gamma, const void* beta, int64_t rows, int64_t dim, float eps, void* out,
                 DType dt, cudaStream_t stream);
 // x [n, c, hw] normalised per (n, group) of c/groups channels (biased variance, two-pass in f32);
-// affine per channel; optional SiLU after the affine.
+// affine per channel; optional SiLU after the affine. `channels_last`: x and out are [n, hw, c].
 void group_norm(const void* x, const void* gamma, const void* beta, int64_t n, int64_t c, int64_t hw, int64_t groups,
-                float eps, bool silu, void* out, DType dt, cudaStream_t stream);
+                float eps, bool silu, void* out, DType dt, cudaStream_t stream, bool channels_last = false);
 
 // Softmax over each row of `cols` values. x and out may have different types (x_dt, out_dt) so
 // attention can softmax f32 scores into f16 probabilities. `causal`: row r of every block of
@@ -64,6 +68,10 @@ void embedding(const void* weight, int64_t dim, const int32_t* ids, int64_t n, v
 // Nearest-neighbour resize of [nc, h, w] planes to [nc, oh, ow] (src = floor(dst * in / out)).
 void upsample_nearest(const void* x, int64_t nc, int64_t h, int64_t w, int64_t oh, int64_t ow, void* out, DType dt,
                       cudaStream_t stream);
+
+// The same resize for channels-last images: [n, h, w, c] to [n, oh, ow, c].
+void upsample_nearest_channels_last(const void* x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t oh, int64_t ow,
+                                    void* out, DType dt, cudaStream_t stream);
 
 // Fills n elements with `value` (converted to dt).
 void fill(void* out, int64_t n, float value, DType dt, cudaStream_t stream);

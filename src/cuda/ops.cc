@@ -20,7 +20,27 @@ cudaStream_t stream_of(const Tensor& t) {
   return stream(dev(t));
 }
 
-Tensor like(const Tensor& x) { return Tensor::empty(x.shape(), x.dtype(), x.device()); }
+// Channels last and not also contiguous (a tensor with C == 1 or H == W == 1 is both; it counts
+// as contiguous).
+bool cl(const Tensor& t) { return t.is_channels_last() && !t.is_contiguous(); }
+
+// A result tensor of x's shape and dtype, in x's layout when that is channels last.
+Tensor like(const Tensor& x) {
+  return cl(x) ? Tensor::empty_channels_last(x.shape(), x.dtype(), x.device())
+               : Tensor::empty(x.shape(), x.dtype(), x.device());
+}
+
+// x as it is when it is dense in either layout (elementwise ops run over its memory in order),
+// else a contiguous copy.
+Tensor dense(const Tensor& x) { return cl(x) ? x : x.contiguous(); }
+
+// x in the channels-last layout: itself, or a transposing copy.
+Tensor to_channels_last(const Tensor& x) {
+  if (cl(x)) return x;
+  Tensor out = Tensor::empty_channels_last(x.shape(), x.dtype(), x.device());
+  out.copy_(x);
+  return out;
+}
 
 AttentionImpl impl_from_env() {
   const char* e = std::getenv("SDSERVE_CUDA_ATTENTION");
@@ -42,7 +62,7 @@ AttentionImpl attention_impl() { return impl_slot(); }
 
 Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor* bias, int64_t stride, int64_t pad_t, int64_t pad_l,
               int64_t pad_b, int64_t pad_r) {
-  Tensor x = x_in.contiguous();
+  Tensor x = x_in;
   const Tensor b = bias ? bias->contiguous() : Tensor();
   // cuDNN pads symmetrically; the VAE encoder's (0, 1, 0, 1) downsample padding is made explicit.
   if (pad_t != pad_b || pad_l != pad_r) {
@@ -64,9 +84,16 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor* bias, int64_
   a.nhwc = conv_channels_last(a.dt);
   const int64_t oh = (a.h + 2 * a.pad_h - a.kh) / stride + 1, ow = (a.w + 2 * a.pad_w - a.kw) / stride + 1;
   if (a.nhwc) {
-    // Channels last in and out of cuDNN: the activations are transposed here (a memory pass each
-    // way, cheap beside the convolution); weights loaded for the GPU are stored OHWI already
-    // (ops::conv2d_weight_layout), so their permute is free.
+    // Channels last in and out of cuDNN. An input that is channels last already (the previous
+    // convolution's output, or an op that kept its layout) goes in as it is; another is
+    // transposed here. The output is handed on channels last (keep_channels_last) or transposed
+    // back. Weights loaded for the GPU are stored OHWI already (ops::conv2d_weight_layout), so
+    // their permute is free.
+    const bool keep = keep_channels_last(a.dt);
+    const auto hand_on = [keep](const Tensor& yh) {
+      const Tensor y = yh.permute({0, 3, 1, 2});
+      return keep ? y : y.contiguous();
+    };
     const Tensor wh = w_in.permute({0, 2, 3, 1}).contiguous();
     Tensor yh;
     {
@@ -75,17 +102,17 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor* bias, int64_
       if (a.kh == 1 && a.kw == 1 && stride == 1 && a.pad_h == 0 && a.pad_w == 0) {
         // A 1x1 convolution over channels-last pixels is a GEMM: [N*H*W, C] x [C, O] + bias.
         const Tensor w2 = wh.view({a.o, a.c});
-        yh = linear(xh.view({a.n * a.h * a.w, a.c}), w2, bias ? &b : nullptr).view({a.n, oh, ow, a.o});
-        return yh.permute({0, 3, 1, 2}).contiguous();
+        return hand_on(linear(xh.view({a.n * a.h * a.w, a.c}), w2, bias ? &b : nullptr).view({a.n, oh, ow, a.o}));
       }
       yh = Tensor::empty({a.n, oh, ow, a.o}, xh.dtype(), xh.device());
       if (yh.numel() == 0) return yh.permute({0, 3, 1, 2});
       a.x = xh.raw_data(), a.weight = wh.raw_data(), a.bias = nullptr, a.y = yh.raw_data();
       conv2d(a, dev(yh));
-    }  // xh is freed before the copy back, so at most three activations are alive at once
+    }  // a transposed copy of the input is freed before any copy back
     if (bias) add_broadcast(yh.raw_data(), yh.numel(), b.raw_data(), a.o, yh.raw_data(), a.dt, stream_of(yh));
-    return yh.permute({0, 3, 1, 2}).contiguous();
+    return hand_on(yh);
   }
+  x = x.contiguous();
   const Tensor w = w_in.contiguous();
   Tensor y = Tensor::empty({a.n, a.o, oh, ow}, x.dtype(), x.device());
   if (y.numel() == 0) return y;
@@ -157,7 +184,7 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, boo
 }
 
 Tensor activation(const Tensor& x_in, Act act) {
-  const Tensor x = x_in.contiguous();
+  const Tensor x = dense(x_in);
   Tensor out = like(x);
   activation(x.raw_data(), x.numel(), act, out.raw_data(), x.dtype(), stream_of(x));
   return out;
@@ -175,6 +202,14 @@ Tensor geglu(const Tensor& x_in) {
 }
 
 Tensor add(const Tensor& a_in, const Tensor& b_in) {
+  if (a_in.shape() == b_in.shape() && (cl(a_in) || cl(b_in))) {
+    // Same shapes, one of them channels last (a residual around convolutions): add in that
+    // layout, bringing the other side to it if it is not there already.
+    const Tensor a = to_channels_last(a_in), b = to_channels_last(b_in);
+    Tensor out = like(a);
+    add_broadcast(a.raw_data(), a.numel(), b.raw_data(), b.numel(), out.raw_data(), a.dtype(), stream_of(a));
+    return out;
+  }
   const Tensor a = a_in.contiguous(), b = b_in.contiguous();
   Tensor out = like(a);
   if (a.numel() == 0) return out;
@@ -183,6 +218,13 @@ Tensor add(const Tensor& a_in, const Tensor& b_in) {
 }
 
 Tensor add_channelwise(const Tensor& x_in, const Tensor& b_in) {
+  if (cl(x_in) && b_in.numel() == x_in.size(0) * x_in.size(1)) {
+    const Tensor b = b_in.contiguous();
+    Tensor out = like(x_in);
+    add_per_channel_last(x_in.raw_data(), b.raw_data(), x_in.size(0), x_in.size(2) * x_in.size(3), x_in.size(1),
+                         out.raw_data(), x_in.dtype(), stream_of(x_in));
+    return out;
+  }
   const Tensor x = x_in.contiguous(), b = b_in.contiguous();
   Tensor out = like(x);
   const int64_t planes = x.size(0) * x.size(1), hw = planes == 0 ? 0 : x.numel() / planes;
@@ -195,12 +237,25 @@ Tensor concat(const std::vector<Tensor>& parts, int64_t dim) {
   Shape shape = parts[0].shape();
   shape[size_t(dim)] = 0;
   for (const Tensor& t : parts) shape[size_t(dim)] += t.size(dim);
-  Tensor out = Tensor::empty(shape, parts[0].dtype(), parts[0].device());
+  // Channels along dim 1 of channels-last images (the UNet's skip connections) stay channels
+  // last; both sides of each copy are then walked as [N, H, W, C], so the copy runs along C.
+  bool channels_last = dim == 1 && shape.size() == 4;
+  if (channels_last) {
+    channels_last = false;
+    for (const Tensor& t : parts) channels_last |= cl(t);
+  }
+  Tensor out = channels_last ? Tensor::empty_channels_last(shape, parts[0].dtype(), parts[0].device())
+                             : Tensor::empty(shape, parts[0].dtype(), parts[0].device());
   int64_t offset = 0;
   for (const Tensor& t : parts) {
     if (t.size(dim) > 0) {
       Tensor window = out.narrow(dim, offset, t.size(dim));
-      window.copy_(t);
+      if (channels_last) {
+        Tensor w_nhwc = window.permute({0, 2, 3, 1});
+        w_nhwc.copy_(t.permute({0, 2, 3, 1}));
+      } else {
+        window.copy_(t);
+      }
     }
     offset += t.size(dim);
   }
@@ -229,13 +284,13 @@ Tensor param_or(const Tensor& p, int64_t n, float value, const Tensor& like_x) {
 }  // namespace
 
 Tensor group_norm(const Tensor& x_in, int64_t groups, const Tensor& gamma, const Tensor& beta, float eps, bool silu) {
-  const Tensor x = x_in.contiguous();
+  const Tensor x = dense(x_in);  // channels last is normalised as it is, into a channels-last result
   const int64_t n = x.size(0), c = x.size(1), hw = (n * c) == 0 ? 0 : x.numel() / (n * c);
   Tensor out = like(x);
   if (x.numel() == 0) return out;
   const Tensor g = param_or(gamma, c, 1.f, x), b = param_or(beta, c, 0.f, x);
   group_norm(x.raw_data(), g.raw_data(), b.raw_data(), n, c, hw, groups, eps, silu, out.raw_data(), x.dtype(),
-             stream_of(x));
+             stream_of(x), cl(x));
   return out;
 }
 
@@ -259,6 +314,13 @@ Tensor softmax(const Tensor& x_in) {
 }
 
 Tensor upsample_nearest(const Tensor& x_in, int64_t oh, int64_t ow) {
+  if (cl(x_in)) {
+    const Tensor& x = x_in;
+    Tensor out = Tensor::empty_channels_last({x.size(0), x.size(1), oh, ow}, x.dtype(), x.device());
+    upsample_nearest_channels_last(x.raw_data(), x.size(0), x.size(1), x.size(2), x.size(3), oh, ow, out.raw_data(),
+                                   x.dtype(), stream_of(x));
+    return out;
+  }
   const Tensor x = x_in.contiguous();
   Tensor out = Tensor::empty({x.size(0), x.size(1), oh, ow}, x.dtype(), x.device());
   if (out.numel() == 0) return out;

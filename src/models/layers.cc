@@ -3,6 +3,7 @@
 #include "ops/activation.h"
 #include "ops/add.h"
 #include "ops/attention.h"
+#include "ops/conv2d.h"
 #include "ops/group_norm.h"
 #include "ops/linear.h"
 
@@ -98,11 +99,14 @@ Tensor Attention::operator()(const Tensor& x, const Tensor& context) const {
 }
 
 Tensor nchw_to_tokens(const Tensor& x) {
-  return x.view({x.size(0), x.size(1), x.size(2) * x.size(3)}).transpose(1, 2).contiguous();
+  // Free for a channels-last image (its memory is [N, H*W, C] already); a copy otherwise.
+  return x.permute({0, 2, 3, 1}).reshape({x.size(0), x.size(2) * x.size(3), x.size(1)});
 }
 
 Tensor tokens_to_nchw(const Tensor& t, int64_t h, int64_t w) {
-  return t.transpose(1, 2).contiguous().view({t.size(0), t.size(2), h, w});
+  // [N, H*W, C] is a channels-last image as it stands: kept so where convolutions read that.
+  const Tensor img = t.reshape({t.size(0), h, w, t.size(2)}).permute({0, 3, 1, 2});
+  return ops::conv2d_keeps_channels_last(t) ? img : img.contiguous();
 }
 
 }  // namespace sdserve::layers

@@ -1,5 +1,7 @@
 #include "ops/conv2d.h"
 
+#include <atomic>
+
 #include "core/profile.h"
 #include "cpu/conv.h"
 #include "ops/dispatch.h"
@@ -8,6 +10,19 @@
 #endif
 
 namespace sdserve::ops {
+
+namespace {
+std::atomic<bool> g_cpu_channels_last{false};
+}  // namespace
+
+void set_cpu_channels_last_for_testing(bool on) { g_cpu_channels_last = on; }
+
+bool conv2d_keeps_channels_last(const Tensor& x) {
+#ifdef SDSERVE_WITH_CUDA
+  if (x.device().type == DeviceType::CUDA) return cuda::keep_channels_last(x.dtype());
+#endif
+  return x.device().type == DeviceType::CPU && g_cpu_channels_last;
+}
 
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor* bias, const Conv2dOptions& opt) {
   const bool k1 = weight.dim() == 4 && weight.size(2) == 1 && weight.size(3) == 1;
@@ -44,7 +59,13 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor* bias, const C
   for (int64_t i = 0; i < p.n; ++i)
     cpu::conv2d_f32(one, xf.data<float>() + i * in_per, wf.data<float>(), bias ? bf.data<float>() : nullptr,
                     y.data<float>() + i * out_per);
-  return x.dtype() == DType::F32 ? y : y.to(x.dtype());
+  Tensor out = x.dtype() == DType::F32 ? y : y.to(x.dtype());
+  if (g_cpu_channels_last && out.dim() == 4 && !out.is_channels_last()) {
+    Tensor t = Tensor::empty_channels_last(out.shape(), out.dtype(), out.device());
+    t.copy_(out);
+    return t;
+  }
+  return out;
 }
 
 Tensor conv2d_weight_layout(const Tensor& weight) {

@@ -18,4 +18,14 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor* bias, const C
 // every reader, LoRA merges included, still indexes it as [O, C, kh, kw]); unchanged elsewhere.
 Tensor conv2d_weight_layout(const Tensor& weight);
 
+// Whether conv2d hands on its results channels last (Tensor::is_channels_last) for tensors like
+// `x`: on a GPU in half precision (cuda::keep_channels_last). Code that rebuilds an image from
+// tokens (layers::tokens_to_nchw) uses it to leave the image in the layout the next convolution
+// reads. Elsewhere no, except under set_cpu_channels_last_for_testing.
+bool conv2d_keeps_channels_last(const Tensor& x);
+
+// Tests only: CPU convolutions return their results channels last too, so the CPU runs the
+// models through the same mix of layouts the GPU does (every op must give the same values).
+void set_cpu_channels_last_for_testing(bool on);
+
 }  // namespace sdserve::ops

@@ -84,7 +84,10 @@ Tensor leaky_relu(const Tensor& x, float slope) {
 void leaky_relu_(Tensor& x, float slope) {
   SD_PROFILE_SCOPE("leaky_relu");
   const bool gpu = on_gpu("leaky_relu_", x);
-  SD_CHECK_ARG(x.is_contiguous(), "leaky_relu_: the tensor must be contiguous, got " + shape_str(x.shape()));
+  // Elementwise over the tensor's memory, so any dense layout will do (a GPU convolution's
+  // channels-last output, say).
+  SD_CHECK_ARG(x.is_contiguous() || x.is_channels_last(),
+               "leaky_relu_: the tensor must be contiguous or channels last, got " + shape_str(x.shape()));
   const int64_t n = x.numel();
 #ifdef SDSERVE_WITH_CUDA
   if (gpu) return cuda::leaky_relu(x.raw_data(), n, slope, x.raw_data(), x.dtype(), gpu_stream(x));

@@ -180,6 +180,72 @@ TEST_P(CudaVsCpu, NormsActivationsAndElementwise) {
   }
 }
 
+// Channels-last inputs (what half-precision convolutions hand on): each op that keeps the layout
+// must return it, with the values of the CPU's contiguous computation; group norm over both of
+// its paths (a group in one block, and chunked) and channel counts that do and do not allow
+// packed accesses.
+TEST_P(CudaVsCpu, ChannelsLastOpsKeepTheLayoutAndMatch) {
+  const auto cl = [](const Tensor& t) {
+    Tensor o = Tensor::empty_channels_last(t.shape(), t.dtype(), t.device());
+    o.copy_(t);
+    return o;
+  };
+  const auto expect_cl = [](const Tensor& t, const std::string& what) {
+    EXPECT_TRUE(t.is_channels_last() && !t.is_contiguous()) << what << " did not keep channels last";
+  };
+  for (const Shape& s : {Shape{2, 32, 8, 8}, Shape{2, 320, 16, 16}, Shape{1, 12, 130, 67}, Shape{1, 128, 64, 64},
+                         Shape{2, 64, 4, 4}, Shape{1, 40, 33, 17}}) {
+    const auto [xc, xg0] = pair(s, 31, -3.f, 5.f);
+    const Tensor xg = cl(xg0);
+    ASSERT_TRUE(xg.is_channels_last());
+    const auto [gc, gg] = pair({s[1]}, 32);
+    const auto [bc, bg] = pair({s[1]}, 33);
+    const int64_t groups = s[1] == 12 ? 3 : s[1] == 40 ? 8 : 32;
+    for (bool silu : {false, true}) {
+      const Tensor out = ops::group_norm(xg, groups, gg, bg, 1e-5f, silu);
+      expect_cl(out, "group_norm");
+      compare(out, ops::group_norm(xc, groups, gc, bc, 1e-5f, silu), "channels-last group_norm " + shape_str(s), 4);
+    }
+    const Tensor act = ops::activation(xg, ops::Activation::SiLU);
+    expect_cl(act, "activation");
+    compare(act, ops::activation(xc, ops::Activation::SiLU), "channels-last silu " + shape_str(s));
+    const auto [yc, yg] = pair(s, 34);
+    for (const auto& [a, b, what] : {std::tuple{xg, cl(yg), "cl + cl"}, std::tuple{xg, yg, "cl + contiguous"},
+                                     std::tuple{yg, xg, "contiguous + cl"}}) {
+      const Tensor sum = ops::add(a, b);
+      expect_cl(sum, what);
+      compare(sum, ops::add(xc, yc), std::string("add ") + what + " " + shape_str(s));
+    }
+    const auto [pc, pg] = pair({s[0], s[1]}, 35);
+    const Tensor biased = ops::add_channelwise(xg, pg);
+    expect_cl(biased, "add_channelwise");
+    compare(biased, ops::add_channelwise(xc, pc), "channels-last add_channelwise " + shape_str(s));
+    for (auto [oh, ow] : {std::pair{s[2] * 2, s[3] * 2}, std::pair{s[2] + 3, s[3] + 1}}) {
+      const Tensor up = ops::upsample_nearest(xg, oh, ow);
+      expect_cl(up, "upsample_nearest");
+      compare(up, ops::upsample_nearest(xc, oh, ow), "channels-last upsample " + shape_str(s));
+    }
+    const auto [zc, zg] = pair({s[0], 24, s[2], s[3]}, 36);
+    for (const auto& [parts, what] : {std::pair{std::vector<Tensor>{xg, cl(zg)}, "cl, cl"},
+                                      std::pair{std::vector<Tensor>{zg, xg}, "contiguous, cl"}}) {
+      const Tensor cat = ops::concat(parts, 1);
+      expect_cl(cat, "concat");
+      const Tensor want = parts[0].is_contiguous() ? ops::concat({zc, xc}, 1) : ops::concat({xc, zc}, 1);
+      compare(cat, want, std::string("channels-last concat ") + what + " " + shape_str(s));
+    }
+    // A convolution reads a channels-last input as it is (half precision) or makes it
+    // contiguous (f32), with the same values either way.
+    const auto [wc, wg] = pair({16, s[1], 3, 3}, 37, -0.5f, 0.5f);
+    const auto [cbc, cbg] = pair({16}, 38);
+    const Tensor w = ops::conv2d_weight_layout(wg);
+    const ops::Conv2dOptions same = ops::Conv2dOptions::same(3);
+    const Tensor y = ops::conv2d(xg, w, &cbg, same);
+    if (dt() != DType::F32 && ops::conv2d_keeps_channels_last(xg)) expect_cl(y, "conv2d");
+    compare(y, ops::conv2d(xc, wc, &cbc, same), "conv2d of a channels-last input " + shape_str(s),
+            std::sqrt(double(s[1] * 9)));
+  }
+}
+
 TEST_P(CudaVsCpu, ConversionsViewsAndCopies) {
   const Tensor h = host_rand({3, 4, 5}, 21, dt(), -100.f, 100.f);
   const Tensor g = h.to(kGpu);

@@ -120,6 +120,39 @@ namespace {
 
 // A tensor with a zero-sized dimension addresses nothing, so it is contiguous whatever its strides
 // (as torch says); empty() makes its strides with zero dimensions counted as 1.
+TEST(Tensor, ChannelsLastLayout) {
+  const Tensor t = Tensor::empty_channels_last({2, 3, 4, 5}, DType::F32);
+  EXPECT_EQ(t.shape(), (Shape{2, 3, 4, 5}));
+  EXPECT_EQ(t.strides(), (Shape{60, 1, 15, 3}));
+  EXPECT_TRUE(t.is_channels_last());
+  EXPECT_FALSE(t.is_contiguous());
+  EXPECT_THROW(t.view({2, 60}), InvalidArgument);
+  // The same memory read as [N, H*W, C] tokens is a free view; as NCHW a copy.
+  const Tensor tokens = t.permute({0, 2, 3, 1}).reshape({2, 20, 3});
+  EXPECT_EQ(tokens.raw_data(), t.raw_data());
+  EXPECT_TRUE(t.contiguous().is_contiguous());
+  EXPECT_FALSE(t.contiguous().is_channels_last());
+  // A batch slice stays channels last; a channel or pixel window is not dense.
+  EXPECT_TRUE(t.narrow(0, 1, 1).is_channels_last());
+  EXPECT_FALSE(t.narrow(1, 0, 2).is_channels_last());
+  EXPECT_FALSE(t.narrow(3, 1, 3).is_channels_last());
+  // Not 4-D, empty, or plain NCHW.
+  EXPECT_FALSE(Tensor::empty({2, 3, 4}, DType::F32).is_channels_last());
+  EXPECT_FALSE(Tensor::empty({2, 3, 4, 5}, DType::F32).is_channels_last());
+  EXPECT_FALSE(Tensor::empty_channels_last({2, 0, 4, 5}, DType::F32).is_channels_last());
+  // One channel, or one pixel: both layouts at once.
+  EXPECT_TRUE(Tensor::empty({2, 1, 4, 5}, DType::F32).is_channels_last());
+  EXPECT_TRUE(Tensor::empty({2, 7, 1, 1}, DType::F32).is_channels_last());
+  EXPECT_THROW(Tensor::empty_channels_last({2, 3, 4}, DType::F32), InvalidArgument);
+  // Values survive the round trip through the layout.
+  const Tensor src = Tensor::from_vector(std::vector<float>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, {1, 3, 2, 2});
+  Tensor cl = Tensor::empty_channels_last(src.shape(), DType::F32);
+  cl.copy_(src);
+  EXPECT_EQ(cl.to_vector(), src.to_vector());
+  EXPECT_EQ(std::vector<float>(cl.data<float>(), cl.data<float>() + 12),
+            (std::vector<float>{0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11}));
+}
+
 TEST(Tensor, EmptyShapesAreContiguous) {
   EXPECT_TRUE(Tensor::empty({4, 0, 3}, DType::F32).is_contiguous());
   EXPECT_TRUE(Tensor::empty({0}, DType::F32).is_contiguous());

@@ -6,6 +6,7 @@
 #include "io/model_files.h"
 #include "models/unet.h"
 #include "models/vae.h"
+#include "ops/conv2d.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -56,6 +57,35 @@ TEST_P(TinyModel, TiledVaeMatchesDiffusersEnableTiling) {
   EXPECT_LE(max_abs_diff(enc, g("tenc_a_out")), 1e-4);
   // Inputs within one tile take the untiled path.
   EXPECT_EQ(max_abs_diff(vae.decode_tiled(g("dec_a_z")), vae.decode(g("dec_a_z"))), 0.0);
+}
+
+// The GPU runs these models with channels-last activations between convolutions (docs/CUDA.md);
+// here the CPU convolutions hand on channels-last results too, so every op and every reshape in
+// the models meets that layout, and the outputs must not change by a bit.
+class CpuChannelsLast {
+ public:
+  CpuChannelsLast() { ops::set_cpu_channels_last_for_testing(true); }
+  ~CpuChannelsLast() { ops::set_cpu_channels_last_for_testing(false); }
+  CpuChannelsLast(const CpuChannelsLast&) = delete;
+  CpuChannelsLast& operator=(const CpuChannelsLast&) = delete;
+};
+
+TEST_P(TinyModel, ChannelsLastActivationsGiveTheSameOutputs) {
+  const UNet unet = UNet::load(UNetConfig::from_json(model_->component_config("unet")), model_->component("unet"));
+  const VAE vae = VAE::load(VAEConfig::from_json(model_->component_config("vae")), model_->component("vae"));
+  const std::vector<float> t = g("unet_a_t").to_vector();
+  const Tensor unet_ref = unet.forward(g("unet_a_x"), t, g("unet_a_ctx"));
+  const Tensor dec_ref = vae.decode(g("dec_a_z")), enc_ref = vae.encode_moments(g("enc_a_x"));
+  const Tensor tdec_ref = vae.decode_tiled(g("tdec_a_z"));
+  CpuChannelsLast cl;
+  ASSERT_TRUE(ops::conv2d_keeps_channels_last(g("dec_a_z")));
+  const Tensor unet_cl = unet.forward(g("unet_a_x"), t, g("unet_a_ctx"));
+  const Tensor dec_cl = vae.decode(g("dec_a_z")), enc_cl = vae.encode_moments(g("enc_a_x"));
+  EXPECT_TRUE(unet_cl.is_channels_last() && !unet_cl.is_contiguous()) << "the layout under test was not used";
+  EXPECT_EQ(max_abs_diff(unet_cl, unet_ref), 0.0);
+  EXPECT_EQ(max_abs_diff(dec_cl, dec_ref), 0.0);
+  EXPECT_EQ(max_abs_diff(enc_cl, enc_ref), 0.0);
+  EXPECT_EQ(max_abs_diff(vae.decode_tiled(g("tdec_a_z")), tdec_ref), 0.0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, TinyModel, testing::Values("sd1-tiny", "sd2-tiny", "odd-tiny"),

@@ -21,6 +21,7 @@
 #include "io/safetensors.h"
 #include "io/weights.h"
 #include "models/esrgan.h"
+#include "ops/conv2d.h"
 #include "ops/upscale_ops.h"
 #include "pipeline/upscale.h"
 #include "test_util.h"
@@ -137,6 +138,26 @@ TEST_P(UpscalerModel, MatchesSpandrelUntiled) {
   EXPECT_LE(d.worst, 1) << GetParam() << ": pixel " << d.worst_index / 3 << " channel " << d.worst_index % 3;
   // The default options tile at 192 px: this image fits one tile, so it is the same pass.
   EXPECT_EQ(up.upscale(in).rgb, out.rgb);
+}
+
+// The GPU hands channels-last activations from one convolution to the next (docs/CUDA.md); with
+// the CPU convolutions doing the same, every op of the networks meets that layout, and the image
+// must come out the same.
+TEST_P(UpscalerModel, ChannelsLastActivationsGiveTheSameImage) {
+  const Upscaler up = Upscaler::open((kDir / (GetParam() + ".safetensors")).string());
+  UpscaleOptions untiled;
+  untiled.tile = 0;
+  const Rgb8Image ref = up.upscale(input_image(), untiled);
+  ops::set_cpu_channels_last_for_testing(true);
+  Rgb8Image cl;
+  try {
+    cl = up.upscale(input_image(), untiled);
+  } catch (...) {
+    ops::set_cpu_channels_last_for_testing(false);
+    throw;
+  }
+  ops::set_cpu_channels_last_for_testing(false);
+  EXPECT_EQ(cl.rgb, ref.rgb);
 }
 
 // A larger natural-looking test image: rrdb-x4-basicsr's golden output, 100 x 76.
