@@ -2,6 +2,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <exception>
+
 #include "cuda/check.h"
 #include "cuda/runtime.h"
 
@@ -21,6 +23,7 @@ class CapturedGraph {
   CapturedGraph& operator=(const CapturedGraph&) = delete;
   int device() const { return device_; }
   cudaGraphExec_t exec() const { return exec_; }
+  const std::shared_ptr<PrivatePool>& pool() const { return pool_; }
 
  private:
   int device_;
@@ -61,6 +64,28 @@ std::shared_ptr<CapturedGraph> capture_graph(int device, const std::function<voi
     return nullptr;
   }
   return std::make_shared<CapturedGraph>(device, graph, exec, std::move(pool));
+}
+
+size_t lend_idle_memory(const std::vector<const CapturedGraph*>& graphs, const std::function<void()>& fn,
+                        bool* returned_all) {
+  std::vector<std::shared_ptr<PrivatePool>> pools;
+  for (const CapturedGraph* g : graphs)
+    if (g && g->pool()) pools.push_back(g->pool());
+  size_t lent = 0, left = 0;
+  std::exception_ptr failure;
+  {
+    LendScope scope(std::move(pools));
+    try {
+      fn();
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    lent = scope.lent();
+    left = scope.outstanding();
+  }
+  if (returned_all) *returned_all = left == 0;
+  if (failure) std::rethrow_exception(failure);
+  return lent;
 }
 
 void launch_graph(const CapturedGraph& graph) {

@@ -4,6 +4,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace sdserve::cuda {
 
@@ -17,5 +18,11 @@ class CapturedGraph;
 std::shared_ptr<CapturedGraph> capture_graph(int device, const std::function<void()>& body, std::string* why);
 // Launches the graph on the device's stream (asynchronous, like any op).
 void launch_graph(const CapturedGraph& graph);
+// Runs fn with the idle blocks of the graphs' pools lent to this thread's allocations
+// (LendScope, cuda/runtime.h). The caller holds the graphs' replays off meanwhile. Sets
+// *returned_all to whether every lent block was back when fn returned (or threw); where not, the
+// graphs must never replay again. Returns how many blocks were lent.
+size_t lend_idle_memory(const std::vector<const CapturedGraph*>& graphs, const std::function<void()>& fn,
+                        bool* returned_all);
 
 }  // namespace sdserve::cuda

@@ -3,6 +3,7 @@
 #include <cuda_runtime_api.h>
 
 #include <array>
+#include <atomic>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -149,15 +150,42 @@ class PrivatePool {
     return ptr;
   }
   void give(size_t size, void* ptr) { free_blocks_[size].push_back(ptr); }
+  // An idle block for a request of bucket `bucket`, by take_cached's rule (*size becomes its size).
+  void* take_fit(size_t bucket, size_t* size) {
+    auto it = free_blocks_.lower_bound(bucket);
+    while (it != free_blocks_.end() && it->first <= 2 * bucket && it->second.empty()) ++it;
+    if (it == free_blocks_.end() || it->first > 2 * bucket) return nullptr;
+    void* ptr = it->second.back();
+    it->second.pop_back();
+    *size = it->first;
+    return ptr;
+  }
 
  private:
   int device_;
   std::map<size_t, std::vector<void*>> free_blocks_;
 };
 
+struct LendState {
+  std::vector<std::shared_ptr<PrivatePool>> pools;
+  std::atomic<size_t> outstanding{0}, lent{0};
+};
+
 namespace {
 thread_local std::shared_ptr<PrivatePool> current_private_pool;
+thread_local std::shared_ptr<LendState> current_lend;
+}  // namespace
+
+LendScope::LendScope(std::vector<std::shared_ptr<PrivatePool>> pools)
+    : state_(std::make_shared<LendState>()), previous_(std::move(current_lend)) {
+  state_->pools = std::move(pools);
+  current_lend = state_;
 }
+
+LendScope::~LendScope() { current_lend = std::move(previous_); }
+
+size_t LendScope::outstanding() const { return state_->outstanding; }
+size_t LendScope::lent() const { return state_->lent; }
 
 std::shared_ptr<PrivatePool> make_private_pool(int device) {
   require_device(device);
@@ -214,28 +242,44 @@ void set_device(int device) {
 std::shared_ptr<void> allocate(size_t bytes, int device) {
   DevicePool& p = pool(device);
   size_t size = bucket_size(bytes == 0 ? 1 : bytes);
-  std::shared_ptr<PrivatePool> priv =
+  // `home`: the private pool the block returns to (the scope's pool, or a lender), else none.
+  std::shared_ptr<PrivatePool> home =
       current_private_pool && current_private_pool->device() == device ? current_private_pool : nullptr;
+  std::shared_ptr<LendState> lend;  // set when the block is lent
   void* ptr = nullptr;
   {
     std::lock_guard<std::mutex> lock(p.mu);
     ensure_stream(p, device);
-    if (priv) {
-      ptr = priv->take(size);
+    if (home) {
+      ptr = home->take(size);
     } else {
       ptr = take_cached(p, size, &size);
+      if (!ptr && current_lend) {
+        for (const std::shared_ptr<PrivatePool>& pool : current_lend->pools) {
+          if (pool->device() != device) continue;
+          ptr = pool->take_fit(size, &size);
+          if (ptr) {
+            home = pool;
+            lend = current_lend;
+            ++lend->outstanding;
+            ++lend->lent;
+            break;
+          }
+        }
+      }
     }
     if (!ptr) ptr = driver_malloc(p, device, size);
     p.stats.allocated += size;
     p.stats.peak_allocated = std::max(p.stats.peak_allocated, p.stats.allocated);
   }
-  return std::shared_ptr<void>(ptr, [device, size, priv = std::move(priv)](void* q) {
+  return std::shared_ptr<void>(ptr, [device, size, home = std::move(home), lend = std::move(lend)](void* q) {
     DevicePool& pl = pools()[size_t(device)];
     std::lock_guard<std::mutex> lock(pl.mu);
-    if (priv)
-      priv->give(size, q);
+    if (home)
+      home->give(size, q);
     else
       pl.free_blocks[size].push_back(q);
+    if (lend) --lend->outstanding;
     pl.stats.allocated -= size;
   });
 }

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 struct CUstream_st;
 using cudaStream_t = CUstream_st*;
@@ -78,6 +79,28 @@ class PrivatePoolScope {
 
  private:
   std::shared_ptr<PrivatePool> previous_;
+};
+
+// Lending a private pool's idle blocks. Between two replays of a CUDA graph, the blocks its pool
+// holds for the step's intermediates are idle. While a LendScope is alive on a thread, that
+// thread's allocations outside any PrivatePoolScope may use them: when the device's shared pool
+// has no cached block that fits, an idle block of the given pools that fits (the shared pool's
+// rule: the bucket, up to twice its size) is taken before the driver is asked for a new one.
+// Freed, it goes back to its pool. The graph must not replay while one is out: the scope's owner
+// holds replays off while it lives and runs work that frees what it allocates; outstanding()
+// says whether it did (ops::DeviceGraph::lend_idle_memory).
+struct LendState;
+class LendScope {
+ public:
+  explicit LendScope(std::vector<std::shared_ptr<PrivatePool>> pools);
+  ~LendScope();
+  LendScope(const LendScope&) = delete;
+  LendScope& operator=(const LendScope&) = delete;
+  size_t outstanding() const;  // blocks lent under this scope and not given back yet
+  size_t lent() const;         // blocks lent under this scope in all
+
+ private:
+  std::shared_ptr<LendState> state_, previous_;
 };
 
 }  // namespace sdserve::cuda

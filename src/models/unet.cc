@@ -215,6 +215,31 @@ size_t UNet::graphs_captured() const {
   return graphs_->captured;
 }
 
+size_t UNet::lend_idle_graph_memory(const std::function<void()>& fn) const {
+  GraphCache& cache = *graphs_;
+  std::lock_guard<std::mutex> lock(cache.mu);  // no step replays a graph while its memory is lent
+  std::vector<const ops::DeviceGraph*> graphs;
+  for (const auto& [key, e] : cache.entries)
+    if (e.graph) graphs.push_back(e.graph.get());
+  bool returned_all = true;
+  const auto drop_if_kept = [&] {
+    if (returned_all) return;
+    // Some of the graphs' memory is still held: a replay would overwrite it. Drop the graphs (their
+    // pools live on with those blocks); the next steps capture new ones.
+    std::fprintf(stderr, "sdserve: warning: memory lent from the UNet's CUDA graphs was kept; recapturing them\n");
+    cache.entries.clear();
+  };
+  size_t lent = 0;
+  try {
+    lent = ops::DeviceGraph::lend_idle_memory(graphs, fn, &returned_all);
+  } catch (...) {
+    drop_if_kept();
+    throw;
+  }
+  drop_if_kept();
+  return lent;
+}
+
 namespace {
 std::string graph_key(const Tensor& x, const Tensor& temb, const Tensor& context) {
   auto one = [](const Tensor& t) { return shape_str(t.shape()) + dtype_name(t.dtype()) + t.device().str(); };

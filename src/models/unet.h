@@ -21,6 +21,11 @@ class UNet {
   const UNetConfig& config() const { return cfg_; }
   // Device graphs captured so far (ops/graph.h; 0 on the CPU), for tests and logs.
   size_t graphs_captured() const;
+  // Runs fn (a VAE pass after the steps) with the idle memory of this UNet's device graphs lent
+  // to it (ops::DeviceGraph::lend_idle_memory), holding the UNet's steps off meanwhile. fn must
+  // leave nothing it allocated on the device (bring its result to the host); if it does, the
+  // graphs are dropped and captured again on later steps. Returns how many blocks were lent.
+  size_t lend_idle_graph_memory(const std::function<void()>& fn) const;
   // Every Linear and Conv2d weight with its diffusers module name ("down_blocks.0.resnets.0.conv1"),
   // for merging LoRA-family networks in place (pipeline/lora.h).
   void for_each_weight(const std::function<void(const std::string& module, Tensor& weight)>& fn);

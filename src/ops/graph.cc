@@ -55,6 +55,25 @@ void DeviceGraph::replay() const {
 #endif
 }
 
+size_t DeviceGraph::lend_idle_memory(const std::vector<const DeviceGraph*>& graphs, const std::function<void()>& fn,
+                                     bool* returned_all) {
+  if (returned_all) *returned_all = true;
+#ifdef SDSERVE_WITH_CUDA
+  static const bool off = [] {
+    const char* v = std::getenv("SDSERVE_CUDA_LEND_GRAPH_MEMORY");
+    return v && std::strcmp(v, "0") == 0;
+  }();
+  std::vector<const cuda::CapturedGraph*> captured;
+  for (const DeviceGraph* g : graphs)
+    if (g && g->impl_) captured.push_back(static_cast<const cuda::CapturedGraph*>(g->impl_.get()));
+  if (!off && !captured.empty()) return cuda::lend_idle_memory(captured, fn, returned_all);
+#else
+  (void)graphs;
+#endif
+  fn();
+  return 0;
+}
+
 DeviceGraph::~DeviceGraph() = default;
 
 void upload_into(Tensor& dst, const Tensor& src) {

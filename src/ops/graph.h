@@ -5,6 +5,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -23,6 +24,15 @@ class DeviceGraph {
   // each replay. Returns null and sets *why when the device refused the capture.
   static std::unique_ptr<DeviceGraph> capture(const Device& d, const std::function<void()>& body, std::string* why);
   void replay() const;  // asynchronous on the device's stream, like an op
+  // Runs fn with the memory of the graphs' intermediates lent to it: between replays those blocks
+  // are idle, and fn's allocations on their device use them before asking the driver for more
+  // (a VAE decode after the UNet steps, so the step's activations and the decode's do not add
+  // up). The caller must hold the graphs' replays off while fn runs, and fn must free what it
+  // allocates (copy its result to the host, say). Sets *returned_all to whether it did; if not,
+  // the graphs must not replay again (drop them). Without CUDA, or with
+  // SDSERVE_CUDA_LEND_GRAPH_MEMORY=0, just runs fn. Returns how many blocks were lent.
+  static size_t lend_idle_memory(const std::vector<const DeviceGraph*>& graphs, const std::function<void()>& fn,
+                                 bool* returned_all);
   ~DeviceGraph();
 
  private:

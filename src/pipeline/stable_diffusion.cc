@@ -535,12 +535,17 @@ Tensor vae_pass(bool tiled, const char* what, Whole whole, Tiled tiles) {
 }  // namespace
 
 Tensor StableDiffusion::sample_latents(const Tensor& image, bool tiled, NoiseGenerator& noise, int64_t n) const {
-  const Tensor moments = vae_pass(
-                             tiled, "encode", [&] { return vae_->encode_moments(image); },
-                             [&] { return vae_->encode_moments_tiled(image); })
-                             .to(DType::F32)
-                             .to(Device::cpu())
-                             .contiguous();
+  // The VAE runs on the memory the UNet's graphs leave idle between steps; its result comes to
+  // the host inside, so none of that memory stays in use.
+  Tensor moments;
+  unet_->lend_idle_graph_memory([&] {
+    moments = vae_pass(
+                  tiled, "encode", [&] { return vae_->encode_moments(image); },
+                  [&] { return vae_->encode_moments_tiled(image); })
+                  .to(DType::F32)
+                  .to(Device::cpu())
+                  .contiguous();
+  });
   const int64_t lc = moments.size(1) / 2, plane = moments.size(2) * moments.size(3), per = lc * plane;
   SD_CHECK_ARG(moments.size(0) == 1 || moments.size(0) == n, "sample_latents: image batch mismatch");
   const int64_t image_stride = moments.size(0) == 1 ? 0 : 2 * per;
@@ -995,11 +1000,14 @@ std::vector<GeneratedImage> StableDiffusion::decode(const Tensor& latents, bool 
     float* p = z.data<float>();
     for (int64_t i = 0; i < z.numel(); ++i) p[i] = p[i] / vc.scaling_factor + vc.shift_factor;
   }
-  const Tensor images = vae_pass(
-                            tiled, "decode", [&] { return vae_->decode(z); }, [&] { return vae_->decode_tiled(z); })
-                            .to(DType::F32)
-                            .to(Device::cpu())
-                            .contiguous();
+  Tensor images;  // decoded in the memory the UNet's graphs leave idle (see sample_latents)
+  unet_->lend_idle_graph_memory([&] {
+    images = vae_pass(
+                 tiled, "decode", [&] { return vae_->decode(z); }, [&] { return vae_->decode_tiled(z); })
+                 .to(DType::F32)
+                 .to(Device::cpu())
+                 .contiguous();
+  });
   std::vector<GeneratedImage> out;
   for (int64_t b = 0; b < n; ++b) {
     GeneratedImage im;

@@ -393,6 +393,95 @@ TEST(CudaAllocator, PrivatePoolKeepsItsBlocksUntilItsLastReferenceGoes) {
   EXPECT_EQ(cuda::memory_stats(0).reserved, reserved - (size_t(1) << 20));
 }
 
+// Lending a private pool's idle blocks (cuda::LendScope): a request the shared pool cannot serve
+// takes an idle block that fits (up to twice the size) before the driver is asked, and the block
+// goes back to its pool when freed.
+TEST(CudaAllocator, LendScopeUsesAPrivatePoolsIdleBlocksAndGivesThemBack) {
+  SKIP_UNLESS_AVAILABLE(kGpu);
+  cuda::synchronize(0);
+  cuda::empty_cache(0);
+  auto pool = cuda::make_private_pool(0);
+  void* idle = nullptr;
+  {
+    cuda::PrivatePoolScope scope(pool);
+    auto b = cuda::allocate(size_t(8) << 20, 0);
+    idle = b.get();
+  }  // idle in the private pool
+  const uint64_t allocs = cuda::memory_stats(0).driver_allocs;
+  {
+    cuda::LendScope lend({pool});
+    {
+      auto borrowed = cuda::allocate(size_t(5) << 20, 0);  // the idle 8 MiB block fits
+      EXPECT_EQ(borrowed.get(), idle);
+      EXPECT_EQ(lend.outstanding(), 1u);
+      EXPECT_EQ(cuda::memory_stats(0).driver_allocs, allocs);
+      auto big = cuda::allocate(size_t(20) << 20, 0);  // nothing idle fits: the driver
+      EXPECT_EQ(cuda::memory_stats(0).driver_allocs, allocs + 1);
+      EXPECT_EQ(lend.outstanding(), 1u);
+    }
+    EXPECT_EQ(lend.outstanding(), 0u);
+    EXPECT_EQ(lend.lent(), 1u);
+  }
+  {
+    auto shared = cuda::allocate(size_t(5) << 20, 0);  // no lending now: not the private block
+    EXPECT_NE(shared.get(), idle);
+  }
+  {
+    cuda::PrivatePoolScope scope(pool);
+    auto again = cuda::allocate(size_t(8) << 20, 0);
+    EXPECT_EQ(again.get(), idle) << "the lent block went back to its pool";
+  }
+}
+
+bool lending_off() {
+  const char* v = std::getenv("SDSERVE_CUDA_LEND_GRAPH_MEMORY");
+  return v && std::string(v) == "0";
+}
+
+// A graph's intermediates are idle between replays and lent to the work in lend_idle_memory; a
+// block still held when that work returns is reported, so the caller can drop the graph.
+TEST(CudaGraphMemory, LentBlocksAreReportedWhenKept) {
+  SKIP_UNLESS_AVAILABLE(kGpu);
+  if (!ops::DeviceGraph::available(kGpu) || lending_off()) GTEST_SKIP() << "CUDA graphs or lending are off";
+  Tensor out;
+  std::string why;
+  auto graph = ops::DeviceGraph::capture(
+      kGpu,
+      [&] {
+        const Tensor tmp = Tensor::zeros({int64_t(4) << 20}, DType::F32, kGpu);  // 16 MiB, idle after the capture
+        out = ops::activation(tmp.narrow(0, 0, 16), ops::Activation::SiLU);
+      },
+      &why);
+  ASSERT_TRUE(graph) << why;
+  graph->replay();
+  cuda::synchronize(0);
+  cuda::empty_cache(0);
+  bool returned = false;
+  Tensor kept;
+  size_t lent = ops::DeviceGraph::lend_idle_memory(
+      {graph.get()}, [&] { kept = Tensor::empty({int64_t(3) << 20}, DType::F32, kGpu); }, &returned);
+  EXPECT_EQ(lent, 1u);
+  EXPECT_FALSE(returned);
+  kept = Tensor();
+  lent = ops::DeviceGraph::lend_idle_memory(
+      {graph.get()}, [&] { (void)Tensor::empty({int64_t(3) << 20}, DType::F32, kGpu); }, &returned);
+  EXPECT_EQ(lent, 1u);
+  EXPECT_TRUE(returned);
+  // An exception from the work still reports.
+  EXPECT_THROW(ops::DeviceGraph::lend_idle_memory(
+                   {graph.get()},
+                   [&] {
+                     kept = Tensor::empty({int64_t(3) << 20}, DType::F32, kGpu);
+                     throw ResourceError("test");
+                   },
+                   &returned),
+               ResourceError);
+  EXPECT_FALSE(returned);
+  kept = Tensor();
+  graph->replay();
+  for (float v : out.to_vector()) EXPECT_EQ(v, 0.f);  // silu(0), from the graph's own memory
+}
+
 // The tiny models against the diffusers goldens used by the CPU tests.
 class CudaTinyModel : public testing::TestWithParam<std::string> {
  protected:
@@ -471,6 +560,41 @@ TEST_P(CudaTinyModel, GraphReplaysEqualEagerRunsBitForBit) {
     EXPECT_EQ(max_abs_diff(graphed.forward(xb, tb, ctxb).to(Device::cpu()), eager_b), 0.0);
     EXPECT_EQ(max_abs_diff(graphed.forward(x, t, ctx).to(Device::cpu()), eager), 0.0);
   }
+}
+
+// The pipeline decodes on the memory the UNet's graphs leave idle between steps
+// (UNet::lend_idle_graph_memory): the decode must equal one on memory of its own, and the graph
+// must replay as before, bit for bit.
+TEST_P(CudaTinyModel, VaeOnTheGraphsIdleMemoryChangesNothing) {
+  if (!ops::DeviceGraph::available(kGpu) || lending_off()) GTEST_SKIP() << "CUDA graphs or lending are off";
+  const UNet unet = UNet::load(UNetConfig::from_json(model_->component_config("unet")),
+                               model_->component("unet").with_device(kGpu), DType::F16);
+  const VAE vae = VAE::load(VAEConfig::from_json(model_->component_config("vae")),
+                            model_->component("vae").with_device(kGpu), DType::F16);
+  const Tensor x = g("unet_a_x"), ctx = g("unet_a_ctx"), z = g("dec_a_z");
+  const std::vector<float> t = g("unet_a_t").to_vector();
+  unet.forward(x, t, ctx);  // eager warm-up
+  const Tensor first = unet.forward(x, t, ctx).to(Device::cpu());
+  ASSERT_EQ(unet.graphs_captured(), 1u);
+  const Tensor want = vae.decode(z).to(DType::F32).to(Device::cpu());
+  cuda::synchronize(0);
+  cuda::empty_cache(0);  // so the decode's requests reach the graph's idle blocks
+  Tensor got;
+  const size_t lent =
+      unet.lend_idle_graph_memory([&] { got = vae.decode(z).to(DType::F32).to(Device::cpu()).contiguous(); });
+  std::printf("[ lend     ] %s: %zu blocks of the graph's pool lent to the VAE decode\n", GetParam().c_str(), lent);
+  EXPECT_EQ(max_abs_diff(got, want), 0.0);
+  EXPECT_EQ(max_abs_diff(unet.forward(x, t, ctx).to(Device::cpu()), first), 0.0) << "a replay after the decode";
+  EXPECT_EQ(unet.graphs_captured(), 1u) << "nothing was kept, so the graph stays";
+  // Memory kept past the call: the graph is dropped and captured again, and stays right.
+  Tensor kept;
+  unet.lend_idle_graph_memory([&] {
+    cuda::empty_cache(0);
+    kept = vae.decode(z);
+  });
+  for (int i = 0; i < 3; ++i)
+    EXPECT_EQ(max_abs_diff(unet.forward(x, t, ctx).to(Device::cpu()), first), 0.0) << "after a kept decode, " << i;
+  EXPECT_EQ(max_abs_diff(kept.to(DType::F32).to(Device::cpu()), want), 0.0) << "the kept decode was overwritten";
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, CudaTinyModel, testing::Values("sd1-tiny", "sd2-tiny", "odd-tiny"),
