@@ -14,6 +14,9 @@ RECORD_PROGRESS_JS = """() => {
   const text = document.querySelector('#progress-text');
   new MutationObserver(() => window.__progress.push(bar.value)).observe(bar, { attributes: true, attributeFilter: ['value'] });
   new MutationObserver(() => window.__progressText.push(text.textContent)).observe(text, { childList: true, characterData: true, subtree: true });
+  window.__announced = [];
+  const live = document.querySelector('#progress-announce');
+  new MutationObserver(() => window.__announced.push(live.textContent)).observe(live, { childList: true, characterData: true, subtree: true });
   window.__previews = [];
   const img = document.querySelector('#preview-image');
   new MutationObserver(() => window.__previews.push(img.getAttribute('src') || '')).observe(img, { attributes: true, attributeFilter: ['src'] });
@@ -46,6 +49,14 @@ def test_txt2img_progress_preview_gallery_and_viewer(open_studio):
     texts = page.evaluate("window.__progressText")
     assert any(re.fullmatch(r"Step \d+/24 · ETA .+", t) for t in texts), texts
     expect(page.locator("#progress-text")).to_have_text(re.compile(r"Done: 1 image in .+"))
+    # The screen reader's live region hears the start, the quarters and the end, not every step.
+    announced = page.evaluate("window.__announced")
+    assert page.get_attribute("#progress-announce", "role") == "status"
+    assert page.get_attribute("#progress-text", "aria-live") is None
+    steps_heard = [int(m.group(1)) for t in announced if (m := re.match(r"Step (\d+)/24", t))]
+    assert steps_heard and len(steps_heard) <= 3 and all(n >= 6 for n in steps_heard), announced
+    assert announced[-1].startswith("Done: 1 image"), announced
+    assert len(announced) <= 8, announced
     previews = page.evaluate("window.__previews")
     assert sum(p.startswith("data:image/png;base64,") for p in previews) >= 2, previews  # live, low-res
     # then the result, large, opening the viewer

@@ -1,6 +1,7 @@
 """Failure paths and races of the page: two Generate presses at once, an event stream that breaks
-mid-job, a browser that refuses localStorage and IndexedDB, the mask editor under two fingers and
-with Ctrl+Z after a mouse stroke, and a file dropped outside every drop zone."""
+mid-job, a browser that refuses localStorage and IndexedDB or whose storage quota fills up, the
+mask editor under two fingers and with Ctrl+Z after a mouse stroke, and a file dropped outside
+every drop zone."""
 import io
 import re
 
@@ -129,6 +130,45 @@ def test_a_browser_that_refuses_storage_still_works_for_the_session(open_studio)
     st.wait_gallery(2)
     st.wait_idle()
     assert st.jobs[-1]["seed"] == seed
+
+
+# A browser whose gallery quota holds two images: a third put() fails as a full quota does.
+QUOTA_OF_TWO_JS = """() => {
+  const stored = new Set();
+  const put = IDBObjectStore.prototype.put, del = IDBObjectStore.prototype.delete;
+  IDBObjectStore.prototype.put = function (value, key) {
+    const id = value && value.id;
+    if (this.name === 'images' && !stored.has(id) && stored.size >= 2)
+      throw new DOMException('The quota has been exceeded.', 'QuotaExceededError');
+    stored.add(id);
+    return put.call(this, value, key);
+  };
+  IDBObjectStore.prototype.delete = function (key) { stored.delete(key); return del.call(this, key); };
+}"""
+
+
+def test_a_full_storage_quota_evicts_the_oldest_images(open_studio):
+    """The newest image is kept: the oldest stored one leaves the gallery (and the store) to make room,
+    and the user is told so, once per batch."""
+    st = open_studio(goto=False)
+    page = st.page
+    st.context.add_init_script(script=f"({QUOTA_OF_TWO_JS})()")
+    st.goto()
+    st.settings_loaded()
+    for i in range(3):
+        small_job(page, f"quota {i}")
+        page.click("#generate")
+        st.wait_gallery(min(i + 1, 2))
+        st.wait_idle()
+    expect(page.locator("#messages")).to_contain_text("the oldest image was removed to keep the new one")
+    assert page.locator("#messages .message.error").count() == 0
+    labels = [page.locator("#gallery li button.thumb").nth(k).get_attribute("aria-label") for k in range(2)]
+    assert "quota 2" in labels[0] and "quota 1" in labels[1], labels
+    # The store holds the same two.
+    page.reload()
+    st.settings_loaded()
+    st.wait_gallery(2)
+    assert "quota 2" in page.locator("#gallery li button.thumb").first.get_attribute("aria-label")
 
 
 def test_mask_brush_size_undo_key_and_two_fingers(open_studio, drop_file):

@@ -59,10 +59,30 @@ export class Gallery {
     for (const item of dropped) this.revoke(item.id);
     if (!this.persistent) return;
     try {
-      for (const item of newItems) await galleryDb.put(item);
       for (const item of dropped) await galleryDb.remove(item.id);
+      const fresh = new Set(newItems.map((i) => i.id));
+      let evicted = 0;
+      for (const item of newItems) evicted += await this.store(item, fresh);
+      if (evicted) {
+        notify(`This browser's storage for the gallery is full: the ${evicted === 1 ? 'oldest image was' : `${evicted} oldest images were`} removed to keep the new one${newItems.length > 1 ? 's' : ''}.`, 'info', { key: 'gallery' });
+      }
     } catch (e) {
       notify(`Could not save the image in this browser: ${e.message}`, 'error', { key: 'gallery' });
+    }
+  }
+
+  // Stores one item; while the browser says its quota is full, the oldest stored image (never one
+  // of this batch's) leaves the gallery to make room. Returns how many left.
+  async store(item, fresh) {
+    for (let evicted = 0; ; evicted++) {
+      try {
+        await galleryDb.put(item);
+        return evicted;
+      } catch (e) {
+        const oldest = this.items.findLast((i) => !fresh.has(i.id));
+        if (e?.name !== 'QuotaExceededError' || !oldest) throw e;
+        await this.remove(oldest);
+      }
     }
   }
 

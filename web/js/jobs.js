@@ -25,6 +25,8 @@ export class JobRunner {
   constructor() {
     this.bar = $('#progress');
     this.text = $('#progress-text');
+    this.announcer = $('#progress-announce');
+    this.quarter = 0; // the last quarter of the steps announced
     this.preview = $('#preview');
     this.previewImg = $('#preview-image');
     this.generateBtn = $('#generate');
@@ -35,7 +37,12 @@ export class JobRunner {
     this.cancelBtn.addEventListener('click', () => this.cancel());
   }
 
-  setText(t) { this.text.textContent = t; }
+  // The visible status changes every step; only the moments that matter go to the live region
+  // (start, queue moves, each quarter, the end), so a screen reader is not read every step.
+  setText(t, announce = true) {
+    this.text.textContent = t;
+    if (announce && this.announcer.textContent !== t) this.announcer.textContent = t;
+  }
 
   hidePreview() {
     this.preview.hidden = true;
@@ -80,6 +87,7 @@ export class JobRunner {
     this.previewImg.alt = '';
     document.getElementById('preview-open').disabled = true;
     this.indeterminate();
+    this.quarter = 0;
     this.setText('Submitting…');
     const started = performance.now();
     try {
@@ -154,7 +162,11 @@ export class JobRunner {
     if (type === 'progress' || s.status === 'running') {
       this.setProgress(s.step || 0, s.steps || 0);
       const eta = s.eta_s !== undefined && s.step > 0 ? ` · ETA ${fmtSeconds(s.eta_s)}` : '';
-      this.setText(s.steps ? `${unit} ${s.step}/${s.steps}${eta}` : 'Starting…');
+      const quarter = s.steps ? Math.min(4, Math.floor((4 * (s.step || 0)) / s.steps)) : 0;
+      const milestone = s.steps > 0 && quarter > this.quarter && quarter < 4;
+      if (milestone) this.quarter = quarter;
+      const started = !s.steps && this.text.textContent !== 'Starting…';
+      this.setText(s.steps ? `${unit} ${s.step}/${s.steps}${eta}` : 'Starting…', milestone || started);
       this.bar.setAttribute('aria-valuetext', this.text.textContent);
       if (s.preview) {
         this.previewImg.src = `data:image/png;base64,${s.preview}`;
