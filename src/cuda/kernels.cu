@@ -122,6 +122,13 @@ void dispatch_raw(size_t bytes, const char* what, F&& f) {
   }
 }
 
+// Calls f(Tag<E>{}) with E the raw word type of a float dtype's elements, for ops that only move
+// values (gathers, resizes): other dtypes are refused as dispatch_float refuses them.
+template <typename F>
+void dispatch_float_raw(DType dt, const char* what, F&& f) {
+  dispatch_float(dt, what, [&](auto tag) { dispatch_raw(sizeof(typename decltype(tag)::type), what, f); });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Device helpers
 
@@ -1250,16 +1257,13 @@ void softmax_rows(const void* x, DType x_dt, int64_t rows, int64_t cols, float s
 void embedding(const void* weight, int64_t dim, const int32_t* ids, int64_t n, void* out, DType dt,
                cudaStream_t stream) {
   if (n == 0 || dim == 0) return;
-  dispatch_float(dt, "embedding", [&](auto tag) {
-    // A raw gather: copy the rows as unsigned words of the element size.
-    using T = typename decltype(tag)::type;
-    dispatch_raw(sizeof(T), "embedding", [&](auto raw) {
-      using E = typename decltype(raw)::type;
-      constexpr int W = kPackWidth<E>;
-      const bool vec = dim % W == 0 && aligned(weight, 16) && aligned(out, 16);
-      launch_elementwise<W>(n * dim, vec, EmbeddingOp<E>{static_cast<const E*>(weight), ids, dim, static_cast<E*>(out)},
-                            stream, "embedding");
-    });
+  // A raw gather: copy the rows as unsigned words of the element size.
+  dispatch_float_raw(dt, "embedding", [&](auto raw) {
+    using E = typename decltype(raw)::type;
+    constexpr int W = kPackWidth<E>;
+    const bool vec = dim % W == 0 && aligned(weight, 16) && aligned(out, 16);
+    launch_elementwise<W>(n * dim, vec, EmbeddingOp<E>{static_cast<const E*>(weight), ids, dim, static_cast<E*>(out)},
+                          stream, "embedding");
   });
 }
 
@@ -1268,15 +1272,12 @@ void upsample_nearest(const void* x, int64_t nc, int64_t h, int64_t w, int64_t o
   if (nc == 0 || oh == 0 || ow == 0) return;
   SD_CHECK_ARG(h > 0 && w > 0, "upsample_nearest: empty input planes");
   SD_CHECK_ARG(w <= INT32_MAX && ow <= INT32_MAX, "upsample_nearest: rows too long");
-  dispatch_float(dt, "upsample_nearest", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    dispatch_raw(sizeof(T), "upsample_nearest", [&](auto raw) {
-      using E = typename decltype(raw)::type;
-      const UpsampleArgs<E> a{static_cast<const E*>(x), nc, h, w, oh, ow, float(h) / float(oh), float(w) / float(ow),
-                              static_cast<E*>(out)};
-      upsample_nearest_kernel<E><<<blocks_for(nc * oh, 8), 256, 0, stream>>>(a);
-      check_launch("upsample_nearest");
-    });
+  dispatch_float_raw(dt, "upsample_nearest", [&](auto raw) {
+    using E = typename decltype(raw)::type;
+    const UpsampleArgs<E> a{static_cast<const E*>(x), nc, h, w, oh, ow, float(h) / float(oh), float(w) / float(ow),
+                            static_cast<E*>(out)};
+    upsample_nearest_kernel<E><<<blocks_for(nc * oh, 8), 256, 0, stream>>>(a);
+    check_launch("upsample_nearest");
   });
 }
 
@@ -1284,17 +1285,14 @@ void upsample_nearest_channels_last(const void* x, int64_t n, int64_t c, int64_t
                                     void* out, DType dt, cudaStream_t stream) {
   if (n == 0 || c == 0 || oh == 0 || ow == 0) return;
   SD_CHECK_ARG(h > 0 && w > 0, "upsample_nearest: empty input planes");
-  dispatch_float(dt, "upsample_nearest", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    dispatch_raw(sizeof(T), "upsample_nearest", [&](auto raw) {
-      using E = typename decltype(raw)::type;
-      constexpr int W = kPackWidth<E>;
-      const bool vec = c % W == 0 && aligned(x, 16) && aligned(out, 16);
-      launch_elementwise<W>(n * oh * ow * c, vec,
-                            UpsampleChannelsLastOp<E>{static_cast<const E*>(x), c, h, w, oh, ow, float(h) / float(oh),
-                                                      float(w) / float(ow), static_cast<E*>(out)},
-                            stream, "upsample_nearest");
-    });
+  dispatch_float_raw(dt, "upsample_nearest", [&](auto raw) {
+    using E = typename decltype(raw)::type;
+    constexpr int W = kPackWidth<E>;
+    const bool vec = c % W == 0 && aligned(x, 16) && aligned(out, 16);
+    launch_elementwise<W>(n * oh * ow * c, vec,
+                          UpsampleChannelsLastOp<E>{static_cast<const E*>(x), c, h, w, oh, ow, float(h) / float(oh),
+                                                    float(w) / float(ow), static_cast<E*>(out)},
+                          stream, "upsample_nearest");
   });
 }
 

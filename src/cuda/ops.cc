@@ -67,11 +67,19 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor* bias, int64_
   // cuDNN pads symmetrically; the VAE encoder's (0, 1, 0, 1) downsample padding is made explicit.
   if (pad_t != pad_b || pad_l != pad_r) {
     const int64_t ph = std::min(pad_t, pad_b), pw = std::min(pad_l, pad_r);
-    Tensor padded =
-        Tensor::zeros({x.size(0), x.size(1), x.size(2) + pad_t + pad_b - 2 * ph, x.size(3) + pad_l + pad_r - 2 * pw},
-                      x.dtype(), x.device());
+    const int64_t n = x.size(0), c = x.size(1), h = x.size(2) + pad_t + pad_b - 2 * ph,
+                  w = x.size(3) + pad_l + pad_r - 2 * pw;
+    // A channels-last input is padded channels last, so the convolution below reads it as it is.
+    Tensor padded = cl(x) && conv_channels_last(x.dtype())
+                        ? Tensor::zeros({n, h, w, c}, x.dtype(), x.device()).permute({0, 3, 1, 2})
+                        : Tensor::zeros({n, c, h, w}, x.dtype(), x.device());
     Tensor window = padded.narrow(2, pad_t - ph, x.size(2)).narrow(3, pad_l - pw, x.size(3));
-    window.copy_(x);
+    if (cl(x)) {
+      Tensor window_nhwc = window.permute({0, 2, 3, 1});  // both walked along C
+      window_nhwc.copy_(x.permute({0, 2, 3, 1}));
+    } else {
+      window.copy_(x);
+    }
     x = padded;
     pad_t = pad_b = ph;
     pad_l = pad_r = pw;

@@ -168,7 +168,10 @@ class PrivatePool {
 
 struct LendState {
   std::vector<std::shared_ptr<PrivatePool>> pools;
-  std::atomic<size_t> outstanding{0}, lent{0};
+  // Held by each lent block's deleter too: a block kept past its scope keeps the counter alive,
+  // not the other pools.
+  std::shared_ptr<std::atomic<size_t>> outstanding = std::make_shared<std::atomic<size_t>>(0);
+  std::atomic<size_t> lent{0};
 };
 
 namespace {
@@ -184,7 +187,7 @@ LendScope::LendScope(std::vector<std::shared_ptr<PrivatePool>> pools)
 
 LendScope::~LendScope() { current_lend = std::move(previous_); }
 
-size_t LendScope::outstanding() const { return state_->outstanding; }
+size_t LendScope::outstanding() const { return *state_->outstanding; }
 size_t LendScope::lent() const { return state_->lent; }
 
 std::shared_ptr<PrivatePool> make_private_pool(int device) {
@@ -245,7 +248,7 @@ std::shared_ptr<void> allocate(size_t bytes, int device) {
   // `home`: the private pool the block returns to (the scope's pool, or a lender), else none.
   std::shared_ptr<PrivatePool> home =
       current_private_pool && current_private_pool->device() == device ? current_private_pool : nullptr;
-  std::shared_ptr<LendState> lend;  // set when the block is lent
+  std::shared_ptr<std::atomic<size_t>> lent_out;  // the lending scope's counter, when the block is lent
   void* ptr = nullptr;
   {
     std::lock_guard<std::mutex> lock(p.mu);
@@ -260,9 +263,9 @@ std::shared_ptr<void> allocate(size_t bytes, int device) {
           ptr = pool->take_fit(size, &size);
           if (ptr) {
             home = pool;
-            lend = current_lend;
-            ++lend->outstanding;
-            ++lend->lent;
+            lent_out = current_lend->outstanding;
+            ++*lent_out;
+            ++current_lend->lent;
             break;
           }
         }
@@ -272,14 +275,14 @@ std::shared_ptr<void> allocate(size_t bytes, int device) {
     p.stats.allocated += size;
     p.stats.peak_allocated = std::max(p.stats.peak_allocated, p.stats.allocated);
   }
-  return std::shared_ptr<void>(ptr, [device, size, home = std::move(home), lend = std::move(lend)](void* q) {
+  return std::shared_ptr<void>(ptr, [device, size, home = std::move(home), lent_out = std::move(lent_out)](void* q) {
     DevicePool& pl = pools()[size_t(device)];
     std::lock_guard<std::mutex> lock(pl.mu);
     if (home)
       home->give(size, q);
     else
       pl.free_blocks[size].push_back(q);
-    if (lend) --lend->outstanding;
+    if (lent_out) --*lent_out;
     pl.stats.allocated -= size;
   });
 }

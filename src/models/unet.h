@@ -24,7 +24,8 @@ class UNet {
   // Runs fn (a VAE pass after the steps) with the idle memory of this UNet's device graphs lent
   // to it (ops::DeviceGraph::lend_idle_memory), holding the UNet's steps off meanwhile. fn must
   // leave nothing it allocated on the device (bring its result to the host); if it does, the
-  // graphs are dropped and captured again on later steps. Returns how many blocks were lent.
+  // graphs are dropped and captured again on later steps. fn must not use this UNet: its steps
+  // wait for fn (a forward() inside would deadlock). Returns how many blocks were lent.
   size_t lend_idle_graph_memory(const std::function<void()>& fn) const;
   // Every Linear and Conv2d weight with its diffusers module name ("down_blocks.0.resnets.0.conv1"),
   // for merging LoRA-family networks in place (pipeline/lora.h).
