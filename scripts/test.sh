@@ -49,29 +49,36 @@ if [[ -x /usr/local/cuda/bin/nvcc && "${SKIP_CUDA:-0}" != 1 ]]; then
   build/cuda/sdserve_unit_tests --gtest_brief=1 --gtest_filter='Cuda*:*/Cuda*:Device.*'
 fi
 
+# One clang build serves the sanitizers and the fuzzers (the `sanitize` preset): every object
+# carries ASan/UBSan and libFuzzer's coverage instrumentation; the unit tests and the server
+# link without the fuzzer's main, the fuzz targets with it. (A gcc ASan build and a clang fuzz
+# build of the same sources cost CI about ten minutes more.)
+fuzz_seconds=${FUZZ_SECONDS:-20}
 if [[ "${SKIP_ASAN:-0}" != 1 ]]; then
-  stage "ASan/UBSan build"
-  cmake --preset asan >/dev/null
-  cmake --build build/asan -j "$jobs"
+  stage "ASan/UBSan build (clang; also the fuzz targets)"
+  cmake --preset sanitize >/dev/null
+  cmake --build build/sanitize -j "$jobs"
+  fuzz_dir=build/sanitize
   stage "ASan/UBSan unit tests"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    ctest --test-dir build/asan --output-on-failure -j "$jobs"
+    ctest --test-dir build/sanitize --output-on-failure -j "$jobs"
   # The HTTP service under ASan/UBSan: the server's black-box tests (the load test in its short
   # version) against the sanitized binary; any report aborts the server and fails its test.
   stage "ASan/UBSan server tests"
   ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    SDSERVE_E2E_SANITIZED=1 SDSERVE_E2E_LOAD_JOBS=100 SDSERVE_BIN="$here/build/asan/sdserve" \
+    SDSERVE_E2E_SANITIZED=1 SDSERVE_E2E_LOAD_JOBS=100 SDSERVE_BIN="$here/build/sanitize/sdserve" \
     python3 -m pytest -q tests/e2e/test_server.py tests/e2e/test_a1111_api.py tests/e2e/test_url_fetch.py \
       tests/e2e/test_web_routes.py
-fi
-
-fuzz_seconds=${FUZZ_SECONDS:-20}
-if ((fuzz_seconds > 0)); then
-  stage "fuzz build (${fuzz_seconds}s per target to follow)"
+elif ((fuzz_seconds > 0)); then
+  stage "fuzz build"
   cmake --preset fuzz >/dev/null
   cmake --build build/fuzz -j "$jobs"
-  stage "fuzz runs"
-  for target in build/fuzz/fuzz_*; do
+  fuzz_dir=build/fuzz
+fi
+
+if ((fuzz_seconds > 0)); then
+  stage "fuzz runs (${fuzz_seconds}s per target)"
+  for target in "$fuzz_dir"/fuzz_*; do
     name=$(basename "$target")
     corpus_src="fuzz/corpus/${name#fuzz_}"
     work=$(mktemp -d)
@@ -80,8 +87,8 @@ if ((fuzz_seconds > 0)); then
     [[ -f "fuzz/${name#fuzz_}.dict" ]] && dict=(-dict="fuzz/${name#fuzz_}.dict")
     UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
     "$target" "$work" "${dict[@]}" -max_total_time="$fuzz_seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
-      2> "build/fuzz/$name.log" || { tail -50 "build/fuzz/$name.log"; exit 1; }
-    grep -E "stat::number_of_executed_units" "build/fuzz/$name.log" | sed "s/^/$name: /"
+      2> "$fuzz_dir/$name.log" || { tail -50 "$fuzz_dir/$name.log"; exit 1; }
+    grep -E "stat::number_of_executed_units" "$fuzz_dir/$name.log" | sed "s/^/$name: /"
     rm -rf "$work"
   done
 fi
