@@ -436,6 +436,9 @@ SIDES = {  # key -> table label
     # SDSERVE_CUDA_KEEP_CHANNELS_LAST=0: every convolution's output transposed back to NCHW (the
     # session-6 path), against which channels-last activations are measured
     "transposing": "sdserve NCHW between convs",
+    # SDSERVE_CUDA_LEND_GRAPH_MEMORY=0: the VAE decode on memory of its own rather than the UNet
+    # graphs' idle blocks (what lending saves at the peak)
+    "nolend": "sdserve VAE not lent",
     "profile": "sdserve profile",    # SDSERVE_PROFILE=1, UNet step + VAE decode only: the per-op split
 }
 # Fields of each side's JSON kept in the summary (the lists too: they show the spread).
@@ -486,7 +489,7 @@ def main_gpu(a) -> int:
         common = ["--model", a.cache, "--inputs", inputs, "--output", out, "--mode", "both", "--batch", str(b),
                   "--steps", str(a.steps), "--cfg", str(a.cfg), "--repeat", str(repeat),
                   "--e2e-repeat", str(a.e2e_repeat), "--warmup", str(a.warmup), "--threads", str(a.threads)]
-        if side in ("sdserve", "nograph", "transposing"):
+        if side in ("sdserve", "nograph", "transposing", "nolend"):
             return [a.bin, *common, "--device", torch_dev, "--dtype", a.dtype]
         if side == "profile":
             mode = common.index("--mode") + 1
@@ -515,9 +518,11 @@ def main_gpu(a) -> int:
             side_env["SDSERVE_CUDA_GRAPHS"] = "0"
         if side == "transposing":
             side_env["SDSERVE_CUDA_KEEP_CHANNELS_LAST"] = "0"
+        if side == "nolend":
+            side_env["SDSERVE_CUDA_LEND_GRAPH_MEMORY"] = "0"
         if side == "profile":
             side_env["SDSERVE_PROFILE"] = "1"
-        if side in ("sdserve", "nograph", "transposing", "profile") and not os.access(a.bin, os.X_OK):
+        if side in ("sdserve", "nograph", "transposing", "nolend", "profile") and not os.access(a.bin, os.X_OK):
             j, err = None, f"{a.bin} not found (build it with -DSDSERVE_WITH_CUDA=ON, or pass --bin)"
         elif left < 30:
             j, err = None, "skipped: --deadline reached"
@@ -631,7 +636,7 @@ def print_gpu_table(a, batches, sides, s) -> None:
           f"SD1.5 architecture, {a.size}x{a.size}, {a.steps} Euler steps, CFG {a.cfg:g}, on {s.get('gpu') or a.device}")
     print(f"medians: UNet step / VAE decode of {s['repeat']}, e2e of {a.e2e_repeat}; "
           f"compile mode: {a.compile_mode}; wall {s['wall_s']:.0f} s (model prep {s['prepare_s']:.0f} s)")
-    cols = [x for x in ("sdserve", "eager", "compile", "nograph", "transposing") if x in sides]
+    cols = [x for x in ("sdserve", "eager", "compile", "nograph", "transposing", "nolend") if x in sides]
 
     def cell(v, fmt):
         return f"{v:{fmt}}" if isinstance(v, (int, float)) and v is not None else "-"
@@ -716,7 +721,7 @@ def main() -> int:
     g.add_argument("--compile-mode", default="default",
                    help="torch.compile mode for the diffusers compile side: default, max-autotune-no-cudagraphs, "
                         "...; none skips that side")
-    g.add_argument("--sides", default="eager,sdserve,compile", help="which sides run, of: eager, sdserve, compile, nograph (CUDA graphs off), transposing (NCHW between convolutions), profile")
+    g.add_argument("--sides", default="eager,sdserve,compile", help="which sides run, of: eager, sdserve, compile, nograph (CUDA graphs off), transposing (NCHW between convolutions), nolend (VAE not on the graphs' idle memory), profile")
     g.add_argument("--timeout", type=float, default=300, help="seconds per eager / sdserve process")
     g.add_argument("--compile-timeout", type=float, default=360, help="seconds per compile process")
     g.add_argument("--deadline", type=float, default=0,

@@ -4,7 +4,7 @@
 # summary last.
 #
 #   tools/device/run_gpu_checks.sh [tests|bench|lora|rng|all]...   (default: all)
-#   env: SHARDS, TEST_TIMEOUT, BATCHES (1,4), SIDES (eager,sdserve,nograph,profile,compile; also transposing),
+#   env: SHARDS, TEST_TIMEOUT, BATCHES (1,4), SIDES (eager,sdserve,nograph,profile,compile; also transposing, nolend),
 #        COMPILE_MODE (default), DEADLINE (seconds since start the bench must end by)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
