@@ -373,17 +373,21 @@ TEST(CudaAllocator, ReusesACachedBlockUpToTwiceTheSizeAndCountsItsRealSize) {
   EXPECT_EQ(cuda::memory_stats(0).reserved, s0.reserved);
 }
 
-TEST(CudaAllocator, PrivatePoolKeepsItsBlocksUntilItsLastReferenceGoes) {
-  SKIP_UNLESS_AVAILABLE(kGpu);
+// A fresh private pool (after emptying the shared one) holding one idle block of `bytes`:
+// allocated under the pool's scope and freed, so it went back to the pool. *block gets its address.
+std::shared_ptr<cuda::PrivatePool> pool_with_idle_block(size_t bytes, void** block) {
   cuda::synchronize(0);
   cuda::empty_cache(0);
   auto pool = cuda::make_private_pool(0);
+  cuda::PrivatePoolScope scope(pool);
+  *block = cuda::allocate(bytes, 0).get();
+  return pool;
+}
+
+TEST(CudaAllocator, PrivatePoolKeepsItsBlocksUntilItsLastReferenceGoes) {
+  SKIP_UNLESS_AVAILABLE(kGpu);
   void* first = nullptr;
-  {
-    cuda::PrivatePoolScope scope(pool);
-    auto b = cuda::allocate(size_t(1) << 20, 0);
-    first = b.get();
-  }  // back to the private pool, not the shared one
+  auto pool = pool_with_idle_block(size_t(1) << 20, &first);  // back to the private pool, not the shared one
   auto shared = cuda::allocate(size_t(1) << 20, 0);
   EXPECT_NE(shared.get(), first);
   {
@@ -401,15 +405,8 @@ TEST(CudaAllocator, PrivatePoolKeepsItsBlocksUntilItsLastReferenceGoes) {
 // goes back to its pool when freed.
 TEST(CudaAllocator, LendScopeUsesAPrivatePoolsIdleBlocksAndGivesThemBack) {
   SKIP_UNLESS_AVAILABLE(kGpu);
-  cuda::synchronize(0);
-  cuda::empty_cache(0);
-  auto pool = cuda::make_private_pool(0);
   void* idle = nullptr;
-  {
-    cuda::PrivatePoolScope scope(pool);
-    auto b = cuda::allocate(size_t(8) << 20, 0);
-    idle = b.get();
-  }  // idle in the private pool
+  auto pool = pool_with_idle_block(size_t(8) << 20, &idle);
   const uint64_t allocs = cuda::memory_stats(0).driver_allocs;
   {
     cuda::LendScope lend({pool});
