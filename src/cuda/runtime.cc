@@ -30,9 +30,11 @@ size_t bucket_size(size_t bytes) {
   return (bytes + quarter - 1) / quarter * quarter;
 }
 
+using BlockCache = std::map<size_t, std::vector<void*>>;  // bucket size -> cached blocks
+
 struct DevicePool {
   std::mutex mu;
-  std::map<size_t, std::vector<void*>> free_blocks;  // bucket size -> cached blocks
+  BlockCache free_blocks;
   MemoryStats stats;
   cudaStream_t stream = nullptr;
   bool initialised = false;
@@ -78,15 +80,16 @@ void ensure_stream(DevicePool& p, int device) {
 // A cached block for a request of bucket `size`: one of exactly that bucket, else the smallest
 // cached block of up to twice the size, used whole (*size becomes its size). Without the second
 // rule every new shape (the VAE after the UNet, say) would add fresh blocks while blocks a little
-// larger sit idle in the pool. Called with p.mu held.
-void* take_cached(DevicePool& p, size_t bucket, size_t* size) {
-  auto it = p.free_blocks.lower_bound(bucket);
-  while (it != p.free_blocks.end() && it->first <= 2 * bucket && it->second.empty()) ++it;
-  if (it == p.free_blocks.end() || it->first > 2 * bucket) return nullptr;
+// larger sit idle in the pool. `blocks` is the shared pool's cache, or a private pool's that
+// lends its idle blocks; called with the device pool's mutex held.
+void* take_cached(BlockCache& blocks, size_t bucket, size_t* size) {
+  auto it = blocks.lower_bound(bucket);
+  while (it != blocks.end() && it->first <= 2 * bucket && it->second.empty()) ++it;
+  if (it == blocks.end() || it->first > 2 * bucket) return nullptr;
   void* ptr = it->second.back();
   it->second.pop_back();
   *size = it->first;
-  if (it->second.empty()) p.free_blocks.erase(it);
+  if (it->second.empty()) blocks.erase(it);
   return ptr;
 }
 
@@ -150,20 +153,12 @@ class PrivatePool {
     return ptr;
   }
   void give(size_t size, void* ptr) { free_blocks_[size].push_back(ptr); }
-  // An idle block for a request of bucket `bucket`, by take_cached's rule (*size becomes its size).
-  void* take_fit(size_t bucket, size_t* size) {
-    auto it = free_blocks_.lower_bound(bucket);
-    while (it != free_blocks_.end() && it->first <= 2 * bucket && it->second.empty()) ++it;
-    if (it == free_blocks_.end() || it->first > 2 * bucket) return nullptr;
-    void* ptr = it->second.back();
-    it->second.pop_back();
-    *size = it->first;
-    return ptr;
-  }
+  // An idle block for a request of bucket `bucket`, by the shared pool's rule (*size becomes its size).
+  void* take_fit(size_t bucket, size_t* size) { return take_cached(free_blocks_, bucket, size); }
 
  private:
   int device_;
-  std::map<size_t, std::vector<void*>> free_blocks_;
+  BlockCache free_blocks_;
 };
 
 struct LendState {
@@ -256,7 +251,7 @@ std::shared_ptr<void> allocate(size_t bytes, int device) {
     if (home) {
       ptr = home->take(size);
     } else {
-      ptr = take_cached(p, size, &size);
+      ptr = take_cached(p.free_blocks, size, &size);
       if (!ptr && current_lend) {
         for (const std::shared_ptr<PrivatePool>& pool : current_lend->pools) {
           if (pool->device() != device) continue;
