@@ -19,16 +19,18 @@
 //                   itself is in the page cache after the first read)
 //   first_apply_s   the first apply({A}) after load: includes taking the backups of the touched
 //                   weights (and, for weights still mmapped from the file, the copy-on-write
-//                   faults of their pages); once per process, not repeated
+//                   faults of their pages) and, off the CPU's f32 path, preparing A's factors on
+//                   the device (WeightPatcher's factor cache); once per process, not repeated
 //   apply_s         apply({A}) from the base weights
-//   switch_ab_s     {A} -> {B}
+//   switch_ab_s     {A} -> {B} (the first one also prepares B's factors off the CPU's f32 path)
 //   switch_mix_s    {A} -> {A@0.5, B@0.7}
 //   noop_s          apply of the set already applied (must cost nothing)
 //   restore_s       {A@0.5, B@0.7} -> {} (the base weights)
 //   step_s          one UNet CFG step (--step-repeat times) with {A} applied: batch 2, 64x64
 //                   latents, 77-token context, seeded random inputs (torch.randn's, generator
 //                   seed 1234: the reference draws the same)
-// plus digest_s (WeightPatcher::digest, once), backup_bytes, the target and patched counts, and
+// plus digest_s (WeightPatcher::digest, once), backup_bytes, factor_cache_bytes (the networks'
+// factors kept prepared on the device), the target and patched counts, and
 // restore_exact: the digest of every patchable weight right after load equals the digest after
 // all the switches and a final restore (exit status 1 when it does not).
 // --merged-out writes the merged weights (f32, host) of a few modules after apply({A}) as
@@ -476,6 +478,7 @@ nlohmann::json run(const Args& a) {
   j["patched_count"] = patched;
   j["target_count"] = patcher.target_count();
   j["backup_bytes"] = patcher.backup_bytes();
+  j["factor_cache_bytes"] = patcher.factor_cache_bytes();
   j["digest_s"] = digest_s;
   j["digest_base"] = digest0;
   j["digest_after"] = digest1;

@@ -1,8 +1,8 @@
 // libFuzzer target for LoRA-family network files (pipeline/lora.h): any bytes must either parse
 // into a network, which is then merged into a few small weights (a Linear, a 3x3 and a 1x1 conv, a
-// text-encoder matrix) and restored exactly, or fail with an sdserve::Error carrying a one-line
-// message. A crash, sanitizer report, other exception type, hang, or a restore that is not
-// bit-exact is a bug. Seeds: fuzz/corpus/lora (tools/make_fuzz_lora_seeds.py). See docs/FUZZING.md.
+// text-encoder matrix) by both merge paths and restored exactly, or fail with an sdserve::Error
+// carrying a one-line message. A crash, sanitizer report, other exception type, hang, or a
+// restore that is not bit-exact is a bug. Seeds: fuzz/corpus/lora (tools/make_fuzz_lora_seeds.py). See docs/FUZZING.md.
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -35,15 +35,21 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                      {"unet.blk.conv", &conv, C::UNet, {}},
                      {"unet.blk.pw", &pw, C::UNet, {}},
                      {"text_encoder.text_model.encoder.layers.0.mlp.fc1", &te, C::TextEncoder, {}}});
-    try {
-      p.apply({{net, 0.5f, -1.5f}});
-    } catch (const Error& e) {
-      if (std::strchr(e.what(), '\n') != nullptr) __builtin_trap();
+    // Both merge paths: the CPU's in-place sgemm, then the device path (the GPU's arithmetic, its
+    // prepared factors kept and used again by the second round).
+    for (const bool device_path : {false, true, true}) {
+      WeightPatcher::set_device_path_on_cpu_for_testing(device_path);
+      try {
+        p.apply({{net, 0.5f, -1.5f}});
+      } catch (const Error& e) {
+        if (std::strchr(e.what(), '\n') != nullptr) __builtin_trap();
+      }
+      p.restore();
+      const std::vector<Tensor> after{lin, conv, pw, te};
+      for (size_t i = 0; i < after.size(); ++i)
+        if (std::memcmp(after[i].raw_data(), before[i].raw_data(), after[i].nbytes()) != 0) __builtin_trap();
     }
-    p.restore();
-    const std::vector<Tensor> after{lin, conv, pw, te};
-    for (size_t i = 0; i < after.size(); ++i)
-      if (std::memcmp(after[i].raw_data(), before[i].raw_data(), after[i].nbytes()) != 0) __builtin_trap();
+    WeightPatcher::set_device_path_on_cpu_for_testing(false);
   } catch (const Error& e) {
     if (std::strchr(e.what(), '\n') != nullptr) __builtin_trap();  // messages must be one line
   }

@@ -10,7 +10,8 @@
 //                            change (so the base weights are bit-identical to a fresh load, however
 //                            many sets came before), then merges the new set:
 //                                W = round(f32(W0) + sum_i m_i * scale_i * delta_i)
-//                            on the weights' own device, with one GEMM per module.
+//                            on the weights' own device, with GEMMs there (the factors are
+//                            prepared for the device once and kept between switches).
 //   LoraLibrary              resolves names (<lora:NAME:...> tags, API lists) to files in a
 //                            folder, and caches parsed networks.
 //
@@ -123,10 +124,37 @@ class WeightPatcher {
   // does), for logging.
   const std::vector<std::string>& unmatched() const { return unmatched_; }
 
+  // Weights on a GPU (and any but the CPU's f32 weights) merge from factors prepared for their
+  // device: uploaded once, V transposed there, the multipliers applied at merge time. Those are
+  // kept between switches, up to `bytes` in all (default 1 GiB, or SDSERVE_LORA_FACTOR_CACHE_MB),
+  // least recently used network first out, so switching among a few networks uploads nothing; a
+  // set larger than the limit is prepared again at every switch. 0 keeps nothing.
+  void set_factor_cache_limit(size_t bytes);
+  size_t factor_cache_bytes() const;
+  // Tests: the CPU's f32 weights take the device path (the one GPU weights take) instead of the
+  // in-place sgemm.
+  static void set_device_path_on_cpu_for_testing(bool on);
+
  private:
-  struct Bound;  // a network's modules resolved to targets
+  struct Use;            // a module bound to a target, with its network and multiplier
+  struct Bound;          // a network's modules resolved to targets
+  struct Factors {       // one module's update on a device, before its multiplier (f32)
+    Tensor u, vt, full;  // U [out, R] and V^T [in_flat, R], or the whole [out, in_flat]
+    size_t bytes() const;
+  };
+  struct FactorCache {  // one network's factors on one device
+    std::shared_ptr<const LoraNetwork> net;
+    Device device;
+    std::unordered_map<const LoraModule*, Factors> modules;
+    size_t bytes = 0;
+    uint64_t used = 0;  // clock_ at the last apply that used it
+  };
   Bound bind(const AppliedNetwork& n) const;
   std::optional<size_t> resolve(const std::string& key) const;
+  void merge_in_place(size_t idx, const std::vector<Use>& list);
+  void merge_on_device(size_t idx, const std::vector<Use>& list);
+  Factors device_factors(const std::shared_ptr<const LoraNetwork>& net, const LoraModule& m, size_t idx,
+                         const Device& dev);
 
   std::vector<PatchTarget> targets_;
   std::unordered_map<std::string, size_t> by_name_;  // canonical names and aliases -> target
@@ -134,6 +162,9 @@ class WeightPatcher {
   std::vector<size_t> patched_;                      // targets the current set changed
   std::vector<AppliedNetwork> current_;
   std::vector<std::string> unmatched_;
+  std::vector<FactorCache> factor_cache_;
+  size_t factor_cache_limit_;
+  uint64_t clock_ = 0;
 };
 
 // Networks by name: every *.safetensors under `dir` (recursively; the name is the file's stem,

@@ -1,6 +1,8 @@
 // Merging networks into a model's weights (WeightPatcher) and finding them by name (LoraLibrary).
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "core/error.h"
@@ -12,6 +14,7 @@
 #include "models/unet.h"
 #include "ops/add.h"
 #include "ops/linear.h"
+#include "ops/upscale_ops.h"
 #include "pipeline/lora.h"
 
 namespace sdserve {
@@ -53,8 +56,9 @@ std::string normalise_peft(std::string key) {
   return key;
 }
 
-// A bound module's contribution to one weight: low-rank U [out, R] @ V [R, in_flat] (U already
-// multiplied by multiplier * scale), or a full delta [out, in_flat] (LoKr, full diffs).
+// A bound module's contribution to one weight before its multiplier: low-rank U [out, R] @ V [R,
+// in_flat], or a full delta [out, in_flat] (LoKr, full diffs, LoHa of large ranks). The merge
+// multiplies it by the request's multiplier times the module's scale (alpha / rank).
 struct Piece {
   Tensor u, v, full;
 };
@@ -125,10 +129,9 @@ Tensor matmul_host(const Tensor& a, const Tensor& b) {  // [m, k] @ [k, n], f32 
   return ops::linear(a, b.transpose(0, 1).contiguous());
 }
 
-// The contribution of module `m` (checked by check_fits) to weight `t`, times `mult`.
-Piece make_piece(const LoraModule& m, const PatchTarget& t, float mult) {
+// The contribution of module `m` (checked by check_fits) to weight `t`, unscaled (f32, host).
+Piece make_piece(const LoraModule& m, const PatchTarget& t) {
   const WShape w = wshape(*t.weight);
-  const float s = mult * m.scale;
   using K = LoraModule::Kind;
   Piece p;
   switch (m.kind) {
@@ -153,11 +156,8 @@ Piece make_piece(const LoraModule& m, const PatchTarget& t, float mult) {
             }
         v = vv;
       }
-      Tensor u = m.t.at("up").reshape({w.out, r}).clone();
-      float* pu = u.data<float>();
-      for (int64_t i = 0, n = u.numel(); i < n; ++i) pu[i] *= s;
-      p.u = u;
-      p.v = v;
+      p.u = m.t.at("up").reshape({w.out, r}).contiguous();
+      p.v = v.contiguous();
       return p;
     }
     case K::LoHa: {
@@ -169,7 +169,7 @@ Piece make_piece(const LoraModule& m, const PatchTarget& t, float mult) {
         Tensor x = matmul_host(a1, b1), y = matmul_host(a2, b2);
         float* px = x.data<float>();
         const float* py = y.data<float>();
-        for (int64_t i = 0; i < x.numel(); ++i) px[i] *= s * py[i];
+        for (int64_t i = 0; i < x.numel(); ++i) px[i] *= py[i];
         p.full = x;
         return p;
       }
@@ -178,7 +178,7 @@ Piece make_piece(const LoraModule& m, const PatchTarget& t, float mult) {
       const float *x1 = a1.data<float>(), *x2 = a2.data<float>(), *y1 = b1.data<float>(), *y2 = b2.data<float>();
       for (int64_t o = 0; o < w.out; ++o)
         for (int64_t i = 0; i < r1; ++i)
-          for (int64_t j = 0; j < r2; ++j) pu[o * r1 * r2 + i * r2 + j] = s * x1[o * r1 + i] * x2[o * r2 + j];
+          for (int64_t j = 0; j < r2; ++j) pu[o * r1 * r2 + i * r2 + j] = x1[o * r1 + i] * x2[o * r2 + j];
       for (int64_t i = 0; i < r1; ++i)
         for (int64_t j = 0; j < r2; ++j)
           for (int64_t k = 0; k < in; ++k) pv[(i * r2 + j) * in + k] = y1[i * in + k] * y2[j * in + k];
@@ -200,7 +200,7 @@ Piece make_piece(const LoraModule& m, const PatchTarget& t, float mult) {
       for (int64_t i = 0; i < a; ++i)
         for (int64_t pp = 0; pp < c; ++pp)
           for (int64_t j = 0; j < b; ++j) {
-            const float f = s * x1[i * b + j];
+            const float f = x1[i * b + j];
             float* row = o + (i * c + pp) * w.flat() + j * d * kk;
             const float* src = x2 + pp * d * kk;
             for (int64_t q = 0; q < d * kk; ++q) row[q] = f * src[q];
@@ -209,10 +209,7 @@ Piece make_piece(const LoraModule& m, const PatchTarget& t, float mult) {
       return p;
     }
     case K::Full: {
-      Tensor full = m.t.at("diff").reshape({w.out, w.flat()}).clone();
-      float* pf = full.data<float>();
-      for (int64_t i = 0, n = full.numel(); i < n; ++i) pf[i] *= s;
-      p.full = full;
+      p.full = m.t.at("diff").reshape({w.out, w.flat()}).contiguous();
       return p;
     }
   }
@@ -239,12 +236,47 @@ std::vector<PatchTarget> patch_targets(ClipTextModel* te, UNet* unet) {
   return out;
 }
 
-struct WeightPatcher::Bound {
-  // target -> (module, multiplier) in set order
-  std::map<size_t, std::vector<std::pair<const LoraModule*, float>>> uses;
+struct WeightPatcher::Use {
+  std::shared_ptr<const LoraNetwork> net;
+  const LoraModule* module;
+  float mult;
 };
 
-WeightPatcher::WeightPatcher(std::vector<PatchTarget> targets) : targets_(std::move(targets)) {
+struct WeightPatcher::Bound {
+  std::map<size_t, std::vector<Use>> uses;  // target -> its modules, in set order
+};
+
+namespace {
+
+bool g_device_path_on_cpu = false;
+
+size_t factor_cache_limit_from_env() {
+  const char* v = std::getenv("SDSERVE_LORA_FACTOR_CACHE_MB");
+  if (!v || !*v) return size_t(1) << 30;
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long mb = std::strtoull(v, &end, 10);
+  if (errno != 0 || *end != '\0' || *v == '-' || mb > (uint64_t(1) << 40))
+    throw InvalidArgument(
+        "SDSERVE_LORA_FACTOR_CACHE_MB must be a whole number of MiB (0 turns the LoRA factor cache "
+        "off), got '" +
+        printable(v) + "'");
+  return size_t(mb) << 20;
+}
+
+}  // namespace
+
+void WeightPatcher::set_device_path_on_cpu_for_testing(bool on) { g_device_path_on_cpu = on; }
+
+size_t WeightPatcher::Factors::bytes() const {
+  size_t n = 0;
+  for (const Tensor* t : {&u, &vt, &full})
+    if (t->defined()) n += t->nbytes();
+  return n;
+}
+
+WeightPatcher::WeightPatcher(std::vector<PatchTarget> targets)
+    : targets_(std::move(targets)), factor_cache_limit_(factor_cache_limit_from_env()) {
   for (size_t i = 0; i < targets_.size(); ++i) {
     const PatchTarget& t = targets_[i];
     SD_CHECK_ARG(t.weight && t.weight->defined() && t.weight->dim() >= 2,
@@ -281,7 +313,7 @@ WeightPatcher::Bound WeightPatcher::bind(const AppliedNetwork& an) const {
     const PatchTarget& t = targets_[*idx];
     check_fits(*an.network, m, t);
     const float mult = t.component == PatchTarget::Component::TextEncoder ? an.te_multiplier : an.unet_multiplier;
-    if (mult != 0.f) b.uses[*idx].push_back({&m, mult});
+    if (mult != 0.f) b.uses[*idx].push_back({an.network, &m, mult});
   }
   if (matched == 0)
     throw InvalidArgument(an.network->path() + ": none of its " + std::to_string(an.network->modules().size()) +
@@ -303,7 +335,7 @@ void WeightPatcher::apply(const std::vector<AppliedNetwork>& set) {
   }
 
   // Bind everything first: a bad network leaves the model untouched.
-  std::map<size_t, std::vector<std::pair<const LoraModule*, float>>> uses;
+  std::map<size_t, std::vector<Use>> uses;
   std::vector<std::string> unmatched;
   for (const AppliedNetwork& n : set) {
     Bound b = bind(n);
@@ -311,6 +343,10 @@ void WeightPatcher::apply(const std::vector<AppliedNetwork>& set) {
     for (const LoraModule& m : n.network->modules())
       if (!resolve(m.key)) unmatched.push_back(n.network->name() + ": " + m.key);
   }
+  ++clock_;
+  for (FactorCache& c : factor_cache_)
+    for (const AppliedNetwork& n : set)
+      if (c.net == n.network) c.used = clock_;
 
   // Weights the previous set changed and this one leaves alone go back to their backups (exact
   // copies of what was loaded); the others are rewritten from their backups below.
@@ -326,64 +362,12 @@ void WeightPatcher::apply(const std::vector<AppliedNetwork>& set) {
       Tensor& w = *targets_[idx].weight;
       auto bk = backups_.find(idx);
       if (bk == backups_.end()) bk = backups_.emplace(idx, w.clone()).first;
-      const Tensor& base = bk->second;
-      const WShape ws = wshape(w);
-      std::vector<Tensor> us, vs;
-      Tensor full;
-      for (const auto& [m, mult] : list) {
-        Piece p = make_piece(*m, targets_[idx], mult);
-        if (p.u.defined()) {
-          us.push_back(p.u);
-          vs.push_back(p.v);
-        }
-        if (p.full.defined()) full = full.defined() ? ops::add(full, p.full) : p.full;
-      }
-      int64_t rank = 0;
-      for (const Tensor& u : us) rank += u.size(1);
-      // All low-rank pieces in one GEMM: [U1 U2 ...] @ [V1; V2; ...].
-      Tensor u = Tensor::empty({ws.out, std::max<int64_t>(rank, 1)}, DType::F32);
-      int64_t at = 0;
-      for (const Tensor& x : us) {
-        u.narrow(1, at, x.size(1)).copy_(x);
-        at += x.size(1);
-      }
       patched_.push_back(idx);
-      if (w.device().type == DeviceType::CPU && w.dtype() == DType::F32 && w.is_contiguous() && base.is_contiguous()) {
-        // The CPU's f32 weights: W = W0, then W += U V in place (sgemm with beta = 1) and the full
-        // pieces added; no temporaries the size of the weight.
-        float* pw = w.data<float>();
-        std::memcpy(pw, base.data<float>(), w.nbytes());
-        if (rank > 0) {
-          Tensor v = Tensor::empty({rank, ws.flat()}, DType::F32);
-          at = 0;
-          for (const Tensor& x : vs) {
-            v.narrow(0, at, x.size(0)).copy_(x);
-            at += x.size(0);
-          }
-          cpu::sgemm(false, false, ws.out, ws.flat(), rank, 1.f, u.data<float>(), rank, v.data<float>(), ws.flat(), 1.f,
-                     pw, ws.flat());
-        }
-        if (full.defined()) {
-          const float* pf = full.data<float>();
-          const int64_t n = w.numel();
-#pragma omp parallel for schedule(static)
-          for (int64_t i = 0; i < n; ++i) pw[i] += pf[i];
-        }
-        continue;
-      }
-      Tensor delta;  // [out, in_flat] f32 on the weight's device
-      if (rank > 0) {
-        Tensor vt = Tensor::empty({ws.flat(), rank}, DType::F32);
-        at = 0;
-        for (const Tensor& x : vs) {
-          vt.narrow(1, at, x.size(0)).copy_(x.transpose(0, 1));
-          at += x.size(0);
-        }
-        delta = ops::linear(u.to(w.device()), vt.to(w.device()));
-      }
-      if (full.defined()) delta = delta.defined() ? ops::add(delta, full.to(w.device())) : full.to(w.device());
-      const Tensor b32 = base.view({ws.out, ws.flat()}).to(DType::F32);
-      w.copy_(ops::add(b32, delta).view(w.shape()));  // rounds to the weight's dtype once
+      if (w.device().type == DeviceType::CPU && w.dtype() == DType::F32 && w.is_contiguous() &&
+          bk->second.is_contiguous() && !g_device_path_on_cpu)
+        merge_in_place(idx, list);
+      else
+        merge_on_device(idx, list);
     }
   } catch (...) {
     for (size_t idx : dirty) targets_[idx].weight->copy_(backups_.at(idx));
@@ -392,6 +376,119 @@ void WeightPatcher::apply(const std::vector<AppliedNetwork>& set) {
     throw;
   }
   current_ = set;
+}
+
+// The CPU's f32 weights: W = W0, then W += [s1 U1  s2 U2 ...] @ [V1; V2; ...] in place (one sgemm
+// with beta = 1) and the full pieces added; no temporaries the size of the weight.
+void WeightPatcher::merge_in_place(size_t idx, const std::vector<Use>& list) {
+  Tensor& w = *targets_[idx].weight;
+  const WShape ws = wshape(w);
+  std::vector<Piece> pieces;
+  std::vector<float> scales;
+  int64_t rank = 0;
+  for (const Use& use : list) {
+    pieces.push_back(make_piece(*use.module, targets_[idx]));
+    scales.push_back(use.mult * use.module->scale);
+    if (pieces.back().u.defined()) rank += pieces.back().u.size(1);
+  }
+  float* pw = w.data<float>();
+  std::memcpy(pw, backups_.at(idx).data<float>(), w.nbytes());
+  if (rank > 0) {
+    Tensor u = Tensor::empty({ws.out, rank}, DType::F32), v = Tensor::empty({rank, ws.flat()}, DType::F32);
+    float *pu = u.data<float>(), *pv = v.data<float>();
+    int64_t at = 0;
+    for (size_t i = 0; i < pieces.size(); ++i) {
+      const Piece& p = pieces[i];
+      if (!p.u.defined()) continue;
+      const int64_t r = p.u.size(1);
+      const float* x = p.u.data<float>();
+      for (int64_t o = 0; o < ws.out; ++o)
+        for (int64_t j = 0; j < r; ++j) pu[o * rank + at + j] = x[o * r + j] * scales[i];
+      std::memcpy(pv + at * ws.flat(), p.v.data<float>(), size_t(r * ws.flat()) * sizeof(float));
+      at += r;
+    }
+    cpu::sgemm(false, false, ws.out, ws.flat(), rank, 1.f, pu, rank, pv, ws.flat(), 1.f, pw, ws.flat());
+  }
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    if (!pieces[i].full.defined()) continue;
+    const float* pf = pieces[i].full.data<float>();
+    const float s = scales[i];
+    const int64_t n = w.numel();
+#pragma omp parallel for schedule(static)
+    for (int64_t k = 0; k < n; ++k) pw[k] += s * pf[k];
+  }
+}
+
+// Any other device or dtype: W = round(f32(W0) + s1 U1 V1 + s2 U2 V2 + ...) on the weight's device,
+// one GEMM per piece, from the factors prepared for that device (kept between switches).
+void WeightPatcher::merge_on_device(size_t idx, const std::vector<Use>& list) {
+  Tensor& w = *targets_[idx].weight;
+  const WShape ws = wshape(w);
+  const Device dev = w.device();
+  Tensor acc = backups_.at(idx).view({ws.out, ws.flat()}).to(DType::F32);
+  for (const Use& use : list) {
+    const Factors f = device_factors(use.net, *use.module, idx, dev);
+    const float s = use.mult * use.module->scale;
+    if (f.u.defined()) acc = ops::scaled_add(ops::linear(f.u, f.vt), s, acc);
+    if (f.full.defined()) acc = ops::scaled_add(f.full, s, acc);
+  }
+  w.copy_(acc.view(w.shape()));  // rounds to the weight's dtype once
+}
+
+WeightPatcher::Factors WeightPatcher::device_factors(const std::shared_ptr<const LoraNetwork>& net, const LoraModule& m,
+                                                     size_t idx, const Device& dev) {
+  auto find = [&] {
+    return std::find_if(factor_cache_.begin(), factor_cache_.end(),
+                        [&](const FactorCache& c) { return c.net == net && c.device == dev; });
+  };
+  auto entry = find();
+  if (entry != factor_cache_.end())
+    if (auto it = entry->modules.find(&m); it != entry->modules.end()) return it->second;
+
+  // Upload the factors as stored and transpose V on the device (a host transpose of every V was
+  // most of a GPU switch's time).
+  const Piece p = make_piece(m, targets_[idx]);
+  Factors f;
+  if (p.u.defined()) {
+    f.u = p.u.to(dev);
+    f.vt = p.v.to(dev).transpose(0, 1).contiguous();
+  }
+  if (p.full.defined()) f.full = p.full.to(dev);
+
+  // Keep them if they fit, making room from the networks the current set does not use, least
+  // recently used first; a set bigger than the cache is prepared again on every switch.
+  const size_t need = f.bytes();
+  if (need > factor_cache_limit_) return f;
+  while (factor_cache_bytes() + need > factor_cache_limit_) {
+    auto victim = factor_cache_.end();
+    for (auto c = factor_cache_.begin(); c != factor_cache_.end(); ++c)
+      if (c->used < clock_ && (victim == factor_cache_.end() || c->used < victim->used)) victim = c;
+    if (victim == factor_cache_.end()) return f;
+    factor_cache_.erase(victim);
+  }
+  entry = find();
+  if (entry == factor_cache_.end()) {
+    factor_cache_.push_back(FactorCache{net, dev, {}, 0, clock_});
+    entry = std::prev(factor_cache_.end());
+  }
+  entry->modules.emplace(&m, f);
+  entry->bytes += need;
+  return f;
+}
+
+size_t WeightPatcher::factor_cache_bytes() const {
+  size_t n = 0;
+  for (const FactorCache& c : factor_cache_) n += c.bytes;
+  return n;
+}
+
+void WeightPatcher::set_factor_cache_limit(size_t bytes) {
+  factor_cache_limit_ = bytes;
+  while (factor_cache_bytes() > factor_cache_limit_) {
+    auto victim = std::min_element(factor_cache_.begin(), factor_cache_.end(),
+                                   [](const FactorCache& a, const FactorCache& b) { return a.used < b.used; });
+    factor_cache_.erase(victim);
+  }
 }
 
 std::string WeightPatcher::digest() const {

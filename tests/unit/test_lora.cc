@@ -86,6 +86,13 @@ struct Case {
   std::vector<std::pair<std::string, float>> networks;  // file stem, multiplier
   bool tags = false;
   Device device = Device::cpu();
+  bool device_path = false;  // the CPU's f32 weights merged the way GPU weights are
+};
+
+// Makes the CPU's f32 weights take WeightPatcher's device path while it lives.
+struct DevicePathOnCpu {
+  explicit DevicePathOnCpu(bool on) { WeightPatcher::set_device_path_on_cpu_for_testing(on); }
+  ~DevicePathOnCpu() { WeightPatcher::set_device_path_on_cpu_for_testing(false); }
 };
 
 std::vector<Case> cases() {
@@ -110,6 +117,16 @@ std::vector<Case> cases() {
       v.push_back({"sd2-tiny", layout, "a", "a_kohya_tag", {{"a_kohya", 1.f}}, true, d});
     }
   }
+  // The GPU's merge path (factors prepared for the device, one GEMM per piece) run on the CPU,
+  // so it is checked against the goldens on every machine.
+  std::vector<Case> device_path;
+  for (Case c : v)
+    if (c.device.type == DeviceType::CPU && c.model == "sd1-tiny" && c.layout == "diffusers" && !c.networks.empty()) {
+      c.device_path = true;
+      c.label += "_device_path";
+      device_path.push_back(c);
+    }
+  v.insert(v.end(), device_path.begin(), device_path.end());
   return v;
 }
 
@@ -118,6 +135,7 @@ class LoraParity : public testing::TestWithParam<Case> {};
 TEST_P(LoraParity, MatchesReference) {
   const Case& c = GetParam();
   SKIP_UNLESS_AVAILABLE(c.device);
+  const DevicePathOnCpu path(c.device_path);
   StableDiffusion& sd = cached_model(c.model, c.layout, c.device);
   GenerateRequest r = request(c.model);
   for (const auto& [name, w] : c.networks) {
@@ -211,16 +229,35 @@ fs::path temp_file(const std::string& name) {
   return d / name;
 }
 
-// Merges `tensors` (a network file) into a fresh copy of `base` under the kohya name
-// lora_unet_blk_conv and returns the merged weight.
+// The merge arithmetic runs three ways: the CPU's in-place sgemm (its f32 weights), the device
+// path (factors prepared for the weight's device, one GEMM per piece) on the CPU, and that path on
+// a GPU in f32. The expected values and the tolerance are the same for all three.
+enum class MergePath { CpuInPlace, CpuDevicePath, Cuda };
+Device g_merge_device = Device::cpu();
+
+class LoraMath : public testing::TestWithParam<MergePath> {
+ protected:
+  void SetUp() override {
+    g_merge_device = GetParam() == MergePath::Cuda ? Device::cuda(0) : Device::cpu();
+    SKIP_UNLESS_AVAILABLE(g_merge_device);
+    WeightPatcher::set_device_path_on_cpu_for_testing(GetParam() == MergePath::CpuDevicePath);
+  }
+  void TearDown() override {
+    WeightPatcher::set_device_path_on_cpu_for_testing(false);
+    g_merge_device = Device::cpu();
+  }
+};
+
+// Merges `tensors` (a network file) into a fresh copy of `base` (on the path's device) under the
+// kohya name lora_unet_blk_conv and returns the merged weight, on the host.
 Tensor merged(const Tensor& base, const std::vector<std::pair<std::string, Tensor>>& tensors, float mult,
               const std::map<std::string, std::string>& md = {}) {
   const fs::path f = temp_file("net.safetensors");
   write_safetensors(f.string(), tensors, md);
-  Tensor w = base.clone();
+  Tensor w = base.to(g_merge_device).clone();
   WeightPatcher p({PatchTarget{"unet.blk.conv", &w, PatchTarget::Component::UNet, {}}});
   p.apply({{LoraNetwork::open(f.string()), 1.f, mult}});
-  return w;
+  return w.to(Device::cpu());
 }
 
 void expect_delta(const Tensor& base, const Tensor& got, const std::vector<double>& delta, const std::string& what) {
@@ -230,7 +267,7 @@ void expect_delta(const Tensor& base, const Tensor& got, const std::vector<doubl
   expect_close(got.to_vector(), want, 1e-5, 1e-5, what);
 }
 
-TEST(LoraMath, LoConTuckerMid) {
+TEST_P(LoraMath, LoConTuckerMid) {
   const int64_t out = 5, in = 3, r = 2, k = 3;
   const Tensor base = rand_tensor({out, in, k, k}, 1);
   const Tensor up = rand_tensor({out, r, 1, 1}, 2), down = rand_tensor({r, in, 1, 1}, 3),
@@ -255,7 +292,7 @@ TEST(LoraMath, LoConTuckerMid) {
   expect_delta(base, w, d, "tucker");
 }
 
-TEST(LoraMath, LoHaConv) {
+TEST_P(LoraMath, LoHaConv) {
   const int64_t out = 4, in = 3, r = 2, k = 3, flat = in * k * k;
   const Tensor base = rand_tensor({out, in, k, k}, 5);
   const Tensor a1 = rand_tensor({out, r}, 6), b1 = rand_tensor({r, flat}, 7), a2 = rand_tensor({out, 3}, 8),
@@ -279,7 +316,7 @@ TEST(LoraMath, LoHaConv) {
   expect_delta(base, w, d, "loha");
 }
 
-TEST(LoraMath, LoKrConvFourDimensionalW2AndLinearDecomposed) {
+TEST_P(LoraMath, LoKrConvFourDimensionalW2AndLinearDecomposed) {
   {  // 3x3 conv: whole w1 [2, 3], 4-D w2 [3, 2, 3, 3]: out 6, in 6; scale 1 whatever alpha says
     const Tensor base = rand_tensor({6, 6, 3, 3}, 10);
     const Tensor w1 = rand_tensor({2, 3}, 11), w2 = rand_tensor({3, 2, 3, 3}, 12);
@@ -323,7 +360,7 @@ TEST(LoraMath, LoKrConvFourDimensionalW2AndLinearDecomposed) {
   }
 }
 
-TEST(LoraMath, PeftHeaderAlphaPatternAndRsLora) {
+TEST_P(LoraMath, PeftHeaderAlphaPatternAndRsLora) {
   const Tensor base = rand_tensor({4, 3}, 20);
   const Tensor A = rand_tensor({2, 3}, 21), B = rand_tensor({4, 2}, 22);
   const std::vector<std::pair<std::string, Tensor>> t = {{"unet.blk.conv.lora_A.weight", A},
@@ -348,7 +385,7 @@ TEST(LoraMath, PeftHeaderAlphaPatternAndRsLora) {
                delta(8.0 / std::sqrt(2.0)), "rslora");
 }
 
-TEST(LoraMath, FullDiffAndOldDiffusersNames) {
+TEST_P(LoraMath, FullDiffAndOldDiffusersNames) {
   const Tensor base = rand_tensor({4, 3}, 30);
   const Tensor diff = rand_tensor({4, 3}, 31);
   std::vector<double> d(12);
@@ -356,17 +393,17 @@ TEST(LoraMath, FullDiffAndOldDiffusersNames) {
   expect_delta(base, merged(base, {{"lora_unet_blk_conv.diff", diff}}, 2.f), d, "full diff");
 
   // diffusers' first LoRA files: attention processors.
-  Tensor w = rand_tensor({4, 3}, 32);
-  const Tensor w0 = w.clone();
+  Tensor w = rand_tensor({4, 3}, 32).to(g_merge_device);
+  const Tensor w0 = w.to(Device::cpu()).clone();
   WeightPatcher p({PatchTarget{"unet.down_blocks.0.attn1.to_out.0", &w, PatchTarget::Component::UNet, {}}});
   const fs::path f = temp_file("old.safetensors");
   write_safetensors(f.string(),
                     {{"unet.down_blocks.0.attn1.processor.to_out_lora.down.weight", rand_tensor({1, 3}, 33)},
                      {"unet.down_blocks.0.attn1.processor.to_out_lora.up.weight", rand_tensor({4, 1}, 34)}});
   p.apply({{LoraNetwork::open(f.string()), 1.f, 1.f}});
-  EXPECT_GT(max_abs_diff(w, w0), 0.0);
+  EXPECT_GT(max_abs_diff(w.to(Device::cpu()), w0), 0.0);
   p.restore();
-  EXPECT_EQ(w.to_vector(), w0.to_vector());
+  EXPECT_EQ(w.to(Device::cpu()).to_vector(), w0.to_vector());
 }
 
 // A1111's "addnet" short hash (infotext "Lora hashes"): SHA-256 of the bytes after the header,
@@ -377,9 +414,9 @@ TEST(LoraFile, A1111ShortHash) {
 
 // A file rewritten on disk (same path, same multipliers) is a new network and is merged anew; the
 // same network object again is a no-op.
-TEST(LoraMath, RewrittenFileIsMergedAgain) {
-  Tensor w = rand_tensor({4, 3}, 60);
-  const Tensor w0 = w.clone();
+TEST_P(LoraMath, RewrittenFileIsMergedAgain) {
+  Tensor w = rand_tensor({4, 3}, 60).to(g_merge_device);
+  const Tensor w0 = w.to(Device::cpu()).clone();
   WeightPatcher p({PatchTarget{"unet.blk.conv", &w, PatchTarget::Component::UNet, {}}});
   const fs::path f = temp_file("rewritten.safetensors");
   write_safetensors(f.string(), {{"lora_unet_blk_conv.diff", rand_tensor({4, 3}, 61)}});
@@ -394,6 +431,151 @@ TEST(LoraMath, RewrittenFileIsMergedAgain) {
   p.restore();
   EXPECT_EQ(w.to_vector(), w0.to_vector());
 }
+
+INSTANTIATE_TEST_SUITE_P(Paths, LoraMath,
+                         testing::Values(MergePath::CpuInPlace, MergePath::CpuDevicePath, MergePath::Cuda),
+                         [](const testing::TestParamInfo<MergePath>& i) {
+                           return std::string(i.param == MergePath::CpuInPlace      ? "cpu_in_place"
+                                              : i.param == MergePath::CpuDevicePath ? "cpu_device_path"
+                                                                                    : "cuda_f32");
+                         });
+
+// ------------------------------------------------------------------ factors kept between switches
+
+// Weights of three shapes (a Linear, a 1x1 and a 3x3 conv) and two kohya networks touching all
+// three, on the path's device; the device path (forced on the CPU) keeps their prepared factors.
+class LoraFactorCache : public LoraMath {
+ protected:
+  void SetUp() override {
+    LoraMath::SetUp();
+    if (IsSkipped()) return;
+    base_ = {rand_tensor({6, 5}, 70), rand_tensor({4, 6, 1, 1}, 71), rand_tensor({5, 4, 3, 3}, 72)};
+    for (const Tensor& b : base_) w_.push_back(b.to(g_merge_device).clone());
+    for (int n = 0; n < 2; ++n) {
+      std::vector<std::pair<std::string, Tensor>> t;
+      const char* names[] = {"lin", "pw", "conv"};
+      for (size_t i = 0; i < 3; ++i) {
+        const Tensor& b = base_[i];
+        const int64_t r = 3 - n, flat = b.numel() / b.size(0);  // b is the smaller network
+        const std::string k = std::string("lora_unet_") + names[i];
+        t.push_back({k + ".lora_up.weight", rand_tensor({b.size(0), r}, uint32_t(80 + 10 * n + i))});
+        t.push_back({k + ".lora_down.weight",
+                     b.dim() == 4 ? rand_tensor({r, b.size(1), b.size(2), b.size(3)}, uint32_t(90 + 10 * n + i))
+                                  : rand_tensor({r, flat}, uint32_t(90 + 10 * n + i))});
+        t.push_back({k + ".alpha", Tensor::from_vector({1.5f}, {})});
+      }
+      const fs::path f = temp_file("cache_" + std::to_string(n) + ".safetensors");
+      write_safetensors(f.string(), t);
+      nets_.push_back(LoraNetwork::open(f.string()));
+    }
+  }
+  std::unique_ptr<WeightPatcher> patcher() {
+    std::vector<PatchTarget> t;
+    const char* names[] = {"unet.lin", "unet.pw", "unet.conv"};
+    for (size_t i = 0; i < w_.size(); ++i) t.push_back({names[i], &w_[i], PatchTarget::Component::UNet, {}});
+    return std::make_unique<WeightPatcher>(std::move(t));
+  }
+  std::vector<std::vector<float>> weights() const {
+    std::vector<std::vector<float>> v;
+    for (const Tensor& w : w_) v.push_back(w.to_vector());
+    return v;
+  }
+  std::vector<AppliedNetwork> a() const { return {{nets_[0], 1.f, 0.8f}}; }
+  std::vector<AppliedNetwork> b() const { return {{nets_[1], 1.f, -0.6f}}; }
+  std::vector<AppliedNetwork> mix() const { return {{nets_[0], 1.f, 0.5f}, {nets_[1], 1.f, 0.7f}}; }
+
+  std::vector<Tensor> base_, w_;
+  std::vector<std::shared_ptr<const LoraNetwork>> nets_;
+};
+
+TEST_P(LoraFactorCache, SwitchesReuseThePreparedFactorsAndMergeTheSame) {
+  if (GetParam() == MergePath::CpuInPlace) GTEST_SKIP() << "the CPU's f32 weights merge in place, without the cache";
+  // Reference: a patcher that keeps nothing.
+  auto plain = patcher();
+  plain->set_factor_cache_limit(0);
+  std::map<std::string, std::vector<std::vector<float>>> want;
+  for (const auto& [name, set] : {std::pair{"a", a()}, {"b", b()}, {"mix", mix()}}) {
+    plain->apply(set);
+    want[name] = weights();
+    EXPECT_EQ(plain->factor_cache_bytes(), 0u);
+  }
+  plain->restore();
+  plain.reset();
+
+  auto p = patcher();
+  p->apply(a());
+  const size_t bytes_a = p->factor_cache_bytes();
+  EXPECT_GT(bytes_a, 0u);
+  EXPECT_EQ(weights(), want["a"]);
+  p->apply(b());
+  const size_t bytes_ab = p->factor_cache_bytes();
+  EXPECT_GT(bytes_ab, bytes_a);
+  EXPECT_EQ(weights(), want["b"]);
+  for (int i = 0; i < 3; ++i) {  // from the cache now: same bits, nothing more kept
+    p->apply(mix());
+    EXPECT_EQ(weights(), want["mix"]);
+    p->apply(a());
+    EXPECT_EQ(weights(), want["a"]);
+    p->apply(b());
+    EXPECT_EQ(weights(), want["b"]);
+  }
+  EXPECT_EQ(p->factor_cache_bytes(), bytes_ab);
+  p->restore();
+  for (size_t i = 0; i < w_.size(); ++i) EXPECT_EQ(w_[i].to_vector(), base_[i].to_vector()) << i;
+
+  // Room for one network: switching drops the one the new set does not use; a set larger than the
+  // limit still merges right, preparing what does not fit anew.
+  p->set_factor_cache_limit(bytes_a);
+  EXPECT_LE(p->factor_cache_bytes(), bytes_a);
+  p->apply(a());
+  EXPECT_EQ(weights(), want["a"]);
+  EXPECT_EQ(p->factor_cache_bytes(), bytes_a);
+  p->apply(b());
+  EXPECT_EQ(weights(), want["b"]);
+  EXPECT_LE(p->factor_cache_bytes(), bytes_a);
+  EXPECT_EQ(p->factor_cache_bytes(), bytes_ab - bytes_a);
+  for (int i = 0; i < 2; ++i) {
+    p->apply(mix());
+    EXPECT_EQ(weights(), want["mix"]);
+    EXPECT_LE(p->factor_cache_bytes(), bytes_a);
+  }
+  p->set_factor_cache_limit(0);
+  EXPECT_EQ(p->factor_cache_bytes(), 0u);
+  p->apply(a());
+  EXPECT_EQ(weights(), want["a"]);
+  EXPECT_EQ(p->factor_cache_bytes(), 0u);
+}
+
+TEST_P(LoraFactorCache, LimitFromTheEnvironmentAndItsErrors) {
+  const char* var = "SDSERVE_LORA_FACTOR_CACHE_MB";
+  ::setenv(var, "0", 1);
+  {
+    auto p = patcher();
+    p->apply(a());
+    EXPECT_EQ(p->factor_cache_bytes(), 0u);
+    p->restore();
+  }
+  for (const char* bad : {"lots", "-1", "12MB", "99999999999999999999"}) {
+    ::setenv(var, bad, 1);
+    std::string msg;
+    try {
+      patcher();
+    } catch (const InvalidArgument& e) {
+      msg = e.what();
+    }
+    EXPECT_NE(msg.find(var), std::string::npos) << bad << ": " << msg;
+    EXPECT_NE(msg.find(bad), std::string::npos) << msg;
+  }
+  ::unsetenv(var);
+}
+
+INSTANTIATE_TEST_SUITE_P(Paths, LoraFactorCache,
+                         testing::Values(MergePath::CpuInPlace, MergePath::CpuDevicePath, MergePath::Cuda),
+                         [](const testing::TestParamInfo<MergePath>& i) {
+                           return std::string(i.param == MergePath::CpuInPlace      ? "cpu_in_place"
+                                              : i.param == MergePath::CpuDevicePath ? "cpu_device_path"
+                                                                                    : "cuda_f32");
+                         });
 
 // ------------------------------------------------------------------------------------- errors
 
