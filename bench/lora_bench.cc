@@ -61,6 +61,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench_util.h"
 #include "core/device.h"
 #include "core/error.h"
 #include "core/profile.h"
@@ -81,54 +82,13 @@ using namespace sdserve;
 
 namespace {
 
-double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-
-double peak_rss_mb() {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;  // kB
-  return -1;
-}
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-double min_of(const std::vector<double>& v) { return v.empty() ? 0 : *std::min_element(v.begin(), v.end()); }
-
-nlohmann::json read_json(const fs::path& p) {
-  std::ifstream f(p);
-  if (!f) throw NotFoundError(p.string() + ": cannot open");
-  try {
-    return nlohmann::json::parse(f);
-  } catch (const nlohmann::json::exception& e) {
-    throw ModelFormatError(p.string() + ": " + e.what());
-  }
-}
-
-WeightSource component_source(const fs::path& dir) {
-  if (!fs::is_directory(dir)) throw NotFoundError(dir.string() + ": no such directory");
-  std::vector<std::string> paths;
-  for (const auto& e : fs::directory_iterator(dir))
-    if (e.is_regular_file() && e.path().extension() == ".safetensors") paths.push_back(e.path().string());
-  if (paths.empty()) throw NotFoundError(dir.string() + ": no .safetensors file");
-  std::sort(paths.begin(), paths.end());
-  std::vector<std::shared_ptr<const SafeTensorsFile>> files;
-  for (const auto& p : paths) files.push_back(std::make_shared<const SafeTensorsFile>(SafeTensorsFile::open(p)));
-  return WeightSource(std::move(files));
-}
-
-void sync(Device dev) {
-#ifdef SDSERVE_WITH_CUDA
-  if (dev.type == DeviceType::CUDA) cuda::synchronize(dev.index);
-#else
-  (void)dev;
-#endif
-}
+using bench::component_source;
+using bench::median;
+using bench::min_of;
+using bench::now_s;
+using bench::peak_rss_mb;
+using bench::read_json;
+using bench::sync;
 
 bool ends_with(const std::string& s, const std::string& e) {
   return s.size() >= e.size() && s.compare(s.size() - e.size(), e.size(), e) == 0;
@@ -159,58 +119,36 @@ struct Args {
 
 Args parse(int argc, char** argv) {
   Args a;
-  for (int i = 1; i < argc; ++i) {
-    std::string k = argv[i];
-    auto val = [&]() -> std::string {
-      if (i + 1 >= argc) usage(k + " needs a value");
-      return argv[++i];
-    };
-    auto int_val = [&](int lo) {
-      std::string v = val();
-      try {
-        size_t pos = 0;
-        int n = std::stoi(v, &pos);
-        if (pos != v.size() || n < lo) throw std::invalid_argument(v);
-        return n;
-      } catch (const std::exception&) {
-        usage(k + " must be an integer >= " + std::to_string(lo) + ", got \"" + v + "\"");
-      }
-    };
+  bench::FlagReader r(argc, argv, [](const std::string& m) { usage(m); });
+  for (std::string k; r.next(k);) {
     if (k == "--model")
-      a.model = val();
+      a.model = r.value();
     else if (k == "--workdir")
-      a.workdir = val();
+      a.workdir = r.value();
     else if (k == "--lora-a")
-      a.lora_a = val();
+      a.lora_a = r.value();
     else if (k == "--lora-b")
-      a.lora_b = val();
+      a.lora_b = r.value();
     else if (k == "--merged-out")
-      a.merged_out = val();
+      a.merged_out = r.value();
     else if (k == "--device")
-      a.device = val();
+      a.device = r.value();
     else if (k == "--dtype")
-      a.dtype = val();
+      a.dtype = r.value();
     else if (k == "--rank")
-      a.rank = int_val(1);
-    else if (k == "--alpha") {
-      std::string v = val();
-      try {
-        size_t pos = 0;
-        a.alpha = std::stof(v, &pos);
-        if (pos != v.size() || !(a.alpha > 0)) throw std::invalid_argument(v);
-      } catch (const std::exception&) {
-        usage("--alpha must be a positive number, got \"" + v + "\"");
-      }
-    } else if (k == "--locon")
+      a.rank = r.integer(1);
+    else if (k == "--alpha")
+      a.alpha = r.number([](float x) { return x > 0.f; }, "a positive number");
+    else if (k == "--locon")
       a.locon = true;
     else if (k == "--seed")
-      a.seed = int_val(0);
+      a.seed = r.integer(0);
     else if (k == "--repeat")
-      a.repeat = int_val(1);
+      a.repeat = r.integer(1);
     else if (k == "--step-repeat")
-      a.step_repeat = int_val(0);
+      a.step_repeat = r.integer(0);
     else if (k == "--threads")
-      a.threads = int_val(1);
+      a.threads = r.integer(1);
     else if (k == "-h" || k == "--help")
       usage("help");
     else
@@ -391,20 +329,8 @@ nlohmann::json run(const Args& a) {
     profile::reset();
     double total = 0;
     for (int r = 0; r < a.repeat; ++r) total += timed(r % 2 ? set_a : set_b);
-    total /= a.repeat;
-    std::fprintf(stderr, "profile: LoRA switch A <-> B, %.3f s per switch (mean of %d)\n", total, a.repeat);
-    double covered = 0;
-    prof = nlohmann::json::object();
-    for (const auto& e : profile::snapshot()) {
-      const double s = e.seconds / a.repeat;
-      covered += s;
-      prof[e.name] = {{"s", s}, {"calls", e.calls / a.repeat}};
-      std::fprintf(stderr, "  %-18s %8.3f s %5.1f%% %6lld calls\n", e.name.c_str(), s, 100 * s / total,
-                   static_cast<long long>(e.calls / a.repeat));
-    }
-    std::fprintf(stderr, "  %-18s %8.3f s %5.1f%%\n", "(outside ops)", total - covered,
-                 100 * (total - covered) / total);
-    prof["switch_s"] = total;
+    prof = bench::profile_json("LoRA switch A <-> B", a.repeat, total);
+    prof["switch_s"] = total / a.repeat;
     patcher.apply(base);
   }
 

@@ -52,6 +52,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench_util.h"
 #include "core/device.h"
 #include "core/error.h"
 #include "core/profile.h"
@@ -75,48 +76,19 @@ using namespace sdserve;
 
 namespace {
 
-double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+using bench::component_source;
+using bench::median;
+using bench::min_of;
+using bench::now_s;
+using bench::peak_rss_mb;
+using bench::profile_json;
+using bench::read_json;
+using bench::sync;
 
-// VmHWM (peak resident set) from /proc/self/status, in MiB; -1 if unavailable.
-double peak_rss_mb() {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;  // kB
-  }
-  return -1;
-}
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-double min_of(const std::vector<double>& v) { return v.empty() ? 0 : *std::min_element(v.begin(), v.end()); }
-
-nlohmann::json read_json(const fs::path& p) {
-  std::ifstream f(p);
-  if (!f) throw NotFoundError(p.string() + ": cannot open");
-  try {
-    return nlohmann::json::parse(f);
-  } catch (const nlohmann::json::exception& e) {
-    throw ModelFormatError(p.string() + ": " + e.what());
-  }
-}
-
-// All *.safetensors files of one diffusers component folder.
-WeightSource component_source(const fs::path& dir) {
-  if (!fs::is_directory(dir)) throw NotFoundError(dir.string() + ": no such directory");
-  std::vector<std::string> paths;
-  for (const auto& e : fs::directory_iterator(dir))
-    if (e.is_regular_file() && e.path().extension() == ".safetensors") paths.push_back(e.path().string());
-  if (paths.empty()) throw NotFoundError(dir.string() + ": no .safetensors file");
-  std::sort(paths.begin(), paths.end());
-  std::vector<std::shared_ptr<const SafeTensorsFile>> files;
-  for (const auto& p : paths) files.push_back(std::make_shared<const SafeTensorsFile>(SafeTensorsFile::open(p)));
-  return WeightSource(std::move(files));
+double sum(const std::vector<double>& v) {
+  double t = 0;
+  for (double x : v) t += x;
+  return t;
 }
 
 Tensor input(const SafeTensorsFile& f, const char* name, const Shape& rank_check) {
@@ -131,40 +103,7 @@ Tensor input(const SafeTensorsFile& f, const char* name, const Shape& rank_check
   return t;
 }
 
-// SDSERVE_PROFILE=1: per-op self time accumulated since the last call, per run, as JSON
-// {op: {"s": seconds per run, "calls": calls per run}} plus "(outside ops)" and "(run)" (the
-// whole run), and as a table on stderr. Resets.
-nlohmann::json profile_json(const char* what, int runs, const std::vector<double>& times) {
-  double total = 0;
-  for (double t : times) total += t;
-  total /= runs;
-  nlohmann::json j = nlohmann::json::object();
-  std::fprintf(stderr, "profile: %s, %.4f s per run (self time per op, mean of %d runs)\n", what, total, runs);
-  double covered = 0;
-  for (const auto& e : profile::snapshot()) {
-    const double s = e.seconds / runs;
-    covered += s;
-    j[e.name] = {{"s", s}, {"calls", e.calls / runs}};
-    std::fprintf(stderr, "  %-18s %8.3f s %5.1f%% %6lld calls\n", e.name.c_str(), s, 100 * s / total,
-                 static_cast<long long>(e.calls / runs));
-  }
-  std::fprintf(stderr, "  %-18s %8.3f s %5.1f%%\n", "(outside ops)", total - covered, 100 * (total - covered) / total);
-  j["(outside ops)"] = {{"s", total - covered}, {"calls", 0}};
-  j["(run)"] = {{"s", total}, {"calls", 1}};
-  profile::reset();
-  return j;
-}
-
 // ---------------------------------------------------------------- device helpers
-
-// Waits until all work queued on `dev` is done; call before every host clock read.
-void sync(Device dev) {
-#ifdef SDSERVE_WITH_CUDA
-  if (dev.type == DeviceType::CUDA) cuda::synchronize(dev.index);
-#else
-  (void)dev;
-#endif
-}
 
 constexpr double kMiB = 1024.0 * 1024.0;
 
@@ -224,57 +163,35 @@ struct Args {
 
 Args parse(int argc, char** argv) {
   Args a;
-  for (int i = 1; i < argc; ++i) {
-    std::string k = argv[i];
-    auto val = [&]() -> std::string {
-      if (i + 1 >= argc) usage(k + " needs a value");
-      return argv[++i];
-    };
-    auto int_val = [&](int lo) {
-      std::string v = val();
-      try {
-        size_t pos = 0;
-        int n = std::stoi(v, &pos);
-        if (pos != v.size() || n < lo) throw std::invalid_argument(v);
-        return n;
-      } catch (const std::exception&) {
-        usage(k + " must be an integer >= " + std::to_string(lo) + ", got \"" + v + "\"");
-      }
-    };
+  bench::FlagReader r(argc, argv, [](const std::string& m) { usage(m); });
+  for (std::string k; r.next(k);) {
     if (k == "--model")
-      a.model = val();
+      a.model = r.value();
     else if (k == "--inputs")
-      a.inputs = val();
+      a.inputs = r.value();
     else if (k == "--output")
-      a.output = val();
+      a.output = r.value();
     else if (k == "--device")
-      a.device = val();
+      a.device = r.value();
     else if (k == "--dtype")
-      a.dtype = val();
+      a.dtype = r.value();
     else if (k == "--mode")
-      a.mode = val();
+      a.mode = r.value();
     else if (k == "--repeat")
-      a.repeat = int_val(1);
+      a.repeat = r.integer(1);
     else if (k == "--e2e-repeat")
-      a.e2e_repeat = int_val(1);
+      a.e2e_repeat = r.integer(1);
     else if (k == "--warmup")
-      a.warmup = int_val(0);
+      a.warmup = r.integer(0);
     else if (k == "--threads")
-      a.threads = int_val(1);
+      a.threads = r.integer(1);
     else if (k == "--batch")
-      a.batch = int_val(1);
+      a.batch = r.integer(1);
     else if (k == "--steps")
-      a.steps = int_val(1);
-    else if (k == "--cfg") {
-      std::string v = val();
-      try {
-        size_t pos = 0;
-        a.cfg = std::stof(v, &pos);
-        if (pos != v.size() || !(a.cfg >= 0.f && a.cfg <= 100.f)) throw std::invalid_argument(v);
-      } catch (const std::exception&) {
-        usage("--cfg must be a number in [0, 100], got \"" + v + "\"");
-      }
-    } else if (k == "-h" || k == "--help")
+      a.steps = r.integer(1);
+    else if (k == "--cfg")
+      a.cfg = r.number([](float x) { return x >= 0.f && x <= 100.f; }, "a number in [0, 100]");
+    else if (k == "-h" || k == "--help")
       usage("help");
     else
       usage("unknown argument \"" + k + "\"");
@@ -366,7 +283,7 @@ nlohmann::json run(const Args& a) {
       sync(dev);
       unet_s.push_back(now_s() - s);
     }
-    if (profile::enabled()) prof["unet"] = profile_json("UNet CFG step", a.repeat, unet_s);
+    if (profile::enabled()) prof["unet"] = profile_json("UNet CFG step", a.repeat, sum(unet_s));
     for (int r = 0; r < a.repeat; ++r) {
       sync(dev);
       const double s = now_s();
@@ -374,7 +291,7 @@ nlohmann::json run(const Args& a) {
       sync(dev);
       vae_s.push_back(now_s() - s);
     }
-    if (profile::enabled()) prof["vae"] = profile_json("VAE decode", a.repeat, vae_s);
+    if (profile::enabled()) prof["vae"] = profile_json("VAE decode", a.repeat, sum(vae_s));
     out.emplace_back("unet", eps);
     out.emplace_back("vae", img);
     j["unet_s"] = unet_s;

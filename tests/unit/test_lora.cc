@@ -432,13 +432,13 @@ TEST_P(LoraMath, RewrittenFileIsMergedAgain) {
   EXPECT_EQ(w.to_vector(), w0.to_vector());
 }
 
-INSTANTIATE_TEST_SUITE_P(Paths, LoraMath,
-                         testing::Values(MergePath::CpuInPlace, MergePath::CpuDevicePath, MergePath::Cuda),
-                         [](const testing::TestParamInfo<MergePath>& i) {
-                           return std::string(i.param == MergePath::CpuInPlace      ? "cpu_in_place"
-                                              : i.param == MergePath::CpuDevicePath ? "cpu_device_path"
-                                                                                    : "cuda_f32");
-                         });
+const auto kMergePaths = testing::Values(MergePath::CpuInPlace, MergePath::CpuDevicePath, MergePath::Cuda);
+std::string merge_path_name(const testing::TestParamInfo<MergePath>& i) {
+  return i.param == MergePath::CpuInPlace      ? "cpu_in_place"
+         : i.param == MergePath::CpuDevicePath ? "cpu_device_path"
+                                               : "cuda_f32";
+}
+INSTANTIATE_TEST_SUITE_P(Paths, LoraMath, kMergePaths, merge_path_name);
 
 // ------------------------------------------------------------------ factors kept between switches
 
@@ -569,29 +569,9 @@ TEST_P(LoraFactorCache, LimitFromTheEnvironmentAndItsErrors) {
   ::unsetenv(var);
 }
 
-INSTANTIATE_TEST_SUITE_P(Paths, LoraFactorCache,
-                         testing::Values(MergePath::CpuInPlace, MergePath::CpuDevicePath, MergePath::Cuda),
-                         [](const testing::TestParamInfo<MergePath>& i) {
-                           return std::string(i.param == MergePath::CpuInPlace      ? "cpu_in_place"
-                                              : i.param == MergePath::CpuDevicePath ? "cpu_device_path"
-                                                                                    : "cuda_f32");
-                         });
+INSTANTIATE_TEST_SUITE_P(Paths, LoraFactorCache, kMergePaths, merge_path_name);
 
 // ------------------------------------------------------------------------------------- errors
-
-template <typename E>
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const E& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "unexpected error type: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "no error";
-  return "";
-}
 
 TEST(LoraErrors, UnknownNameListsAvailable) {
   StableDiffusion& sd = cached_model("sd1-tiny", "diffusers", Device::cpu());

@@ -89,20 +89,6 @@ std::vector<std::pair<std::string, Tensor>> fixture_tensors(
   return out;
 }
 
-template <typename E>
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const E& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "no exception";
-  return "";
-}
-
 const std::vector<std::string> kModels = {"rrdb-x4-basicsr", "rrdb-x2-realesrgan", "rrdb-x1-realesrgan",
                                           "esrgan-x4-old",   "esrgan-x2-old",      "compact-x4"};
 

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -62,6 +63,21 @@ inline bool device_available(const Device& d) {
     if (!::sdserve::test::device_available(device))                                             \
       GTEST_SKIP() << "no " << (device).str() << " on this machine: the CUDA tests need a GPU"; \
   } while (0)
+
+// The message of the E that fn throws; a failure (and "") when it throws another type or nothing.
+template <typename E>
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const E& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "unexpected error type: " << e.what();
+    return "";
+  }
+  ADD_FAILURE() << "no error";
+  return "";
+}
 
 inline std::vector<float> random_values(size_t n, uint32_t seed, float lo = -1.f, float hi = 1.f) {
   std::mt19937 gen(seed);
