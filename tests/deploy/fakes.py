@@ -10,10 +10,13 @@ import os
 import pathlib
 import socket
 import stat
+import sys
 import threading
 import urllib.parse
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))  # tests/testlib
+from testlib.fake_http import start_ranged  # noqa: E402
 TINY = ROOT / "tests" / "fixtures" / "models" / "sd1-tiny"
 HUB_SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -52,26 +55,9 @@ class Hub(_Server):
                 pass
 
             def send_body(self, data, extra=None):
-                rng = self.headers.get("Range")
-                start = 0
-                if rng and rng.startswith("bytes=") and rng.endswith("-"):
-                    start = int(rng[6:-1])
-                    if start >= len(data):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(data)}")
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                body = data[start:]
-                self.send_header("Content-Length", str(len(body)))
-                for k, v in (extra or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(body)
+                body = start_ranged(self, data, extra)
+                if body is not None:
+                    self.wfile.write(body)
 
             def error(self, status):
                 self.send_response(status)

@@ -16,6 +16,7 @@ import urllib.parse
 import pytest
 
 from conftest import FIXTURES, decode_png
+from testlib.fake_http import start_ranged
 
 TINY = FIXTURES / "models" / "sd1-tiny"
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -48,26 +49,9 @@ class Hub:
                 pass
 
             def send_body(self, data, name, extra=None):
-                rng = self.headers.get("Range")
-                start = 0
-                if rng and rng.startswith("bytes=") and rng.endswith("-"):
-                    start = int(rng[6:-1])
-                    if start >= len(data):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(data)}")
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                body = data[start:]
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Accept-Ranges", "bytes")
-                for k, v in (extra or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
+                body = start_ranged(self, data, extra, accept_ranges=True)
+                if body is None:
+                    return
                 if name in hub.drop_once and name not in hub.dropped:
                     hub.dropped.add(name)
                     self.wfile.write(body[:len(body) // 2])

@@ -6,13 +6,13 @@ import http.client
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 
 import pytest
 
 from conftest import FIXTURES, decode_png, png_bytes, read_safetensors
+from testlib.server import SdserveServer
 
 MODEL = FIXTURES / "models" / "sd1-tiny"
 LORAS = FIXTURES / "lora" / "sd1-tiny"
@@ -24,67 +24,11 @@ TINY_PNG_B64 = base64.b64encode(png_bytes(1, 1, 3, b"\x10\x20\x30")).decode()
 HUGE_PNG_B64 = base64.b64encode(png_bytes(1, 1, 3, b"\0\0\0", ihdr_size=(20000, 20000))).decode()
 
 
-class ServerProcess:
-    """Starts `sdserve serve --port 0` and reads the chosen port from its JSON log."""
+class ServerProcess(SdserveServer):
+    """The tiny model unless `model` says otherwise (None: no --model, --models-dir picks)."""
 
     def __init__(self, binary, *args, model=MODEL, wait_ready=True):
-        model_args = [] if model is None else ["--model", str(model)]  # None: --models-dir picks
-        self.proc = subprocess.Popen([binary, "serve", *model_args, "--host", "127.0.0.1", "--port", "0",
-                                      *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.log, self.port = [], None
-        got_port = threading.Event()
-
-        def reader():
-            for line in self.proc.stderr:
-                text = line.decode("utf-8", "replace").rstrip("\n")
-                self.log.append(text)
-                try:
-                    rec = json.loads(text)
-                except ValueError:
-                    continue
-                if rec.get("msg") == "listening":
-                    self.port = rec["port"]
-                    got_port.set()
-            got_port.set()
-
-        threading.Thread(target=reader, daemon=True).start()
-        assert got_port.wait(30) and self.port, "server did not start:\n" + "\n".join(self.log)
-        if wait_ready:
-            deadline = time.time() + 60
-            while self.request("GET", "/health")[0] != 200:
-                assert time.time() < deadline, "model never became ready:\n" + "\n".join(self.log)
-                time.sleep(0.05)
-
-    def request(self, method, path, body=None, headers=None, timeout=120):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        data = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
-        hdrs = dict(headers or {})
-        if method == "POST" and data is None:
-            data = b""
-        conn.request(method, path, body=data, headers=hdrs)
-        r = conn.getresponse()
-        out = (r.status, dict(r.getheaders()), r.read())
-        conn.close()
-        return out
-
-    def json(self, method, path, body=None, headers=None):
-        status, hdrs, raw = self.request(method, path, body, headers)
-        return status, json.loads(raw) if raw else None
-
-    def wait_job(self, job_id, timeout=120):
-        deadline = time.time() + timeout
-        while True:
-            status, j = self.json("GET", f"/v1/jobs/{job_id}")
-            assert status == 200, j
-            if j["status"] not in ("queued", "running"):
-                return j
-            assert time.time() < deadline, j
-            time.sleep(0.02)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        super().__init__(binary, *args, model=model, wait_ready=wait_ready)
 
 
 @pytest.fixture

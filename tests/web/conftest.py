@@ -4,20 +4,19 @@ leave for another origin, no console error or uncaught exception may happen (unl
 that HTTP error), and every form control must have an accessible label. Screenshots go to
 build/test-artifacts/web/ (git-ignored)."""
 import base64
-import http.client
 import json
 import os
 import pathlib
 import re
 import shutil
-import subprocess
-import threading
-import time
+import sys
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
+sys.path.insert(0, str(ROOT / "tests"))  # tests/testlib
+from testlib.server import SdserveServer  # noqa: E402
 WEB = ROOT / "web"
 ARTIFACTS = ROOT / "build" / "test-artifacts" / "web"
 LORAS = FIXTURES / "lora" / "sd1-tiny"
@@ -40,72 +39,21 @@ def _chromium():
 
 # ----------------------------------------------------------------------------------------- server
 
-class Server:
-    """`sdserve serve --model demo --port 0 ...`; the port comes from the JSON log."""
+class Server(SdserveServer):
+    """`sdserve serve --model demo ...` (with --web-dir $SDSERVE_WEB_TEST_DIR when set); JSON bodies
+    go out with their Content-Type, as the page sends them."""
+
+    json_content_type = True
+    request_timeout = 60
 
     def __init__(self, binary, *args, model="demo", wait_ready=True, env=None):
         dev = os.environ.get("SDSERVE_WEB_TEST_DIR")
         if dev and "--web-dir" not in args:
             args = (*args, "--web-dir", dev)
-        self.proc = subprocess.Popen([binary, "serve", "--model", str(model), "--host", "127.0.0.1", "--port", "0",
-                                      *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        self.log, self.port = [], None
-        got_port = threading.Event()
-
-        def reader():
-            for line in self.proc.stderr:
-                text = line.decode("utf-8", "replace").rstrip("\n")
-                self.log.append(text)
-                try:
-                    rec = json.loads(text)
-                except ValueError:
-                    continue
-                if rec.get("msg") == "listening":
-                    self.port = rec["port"]
-                    got_port.set()
-            got_port.set()
-
-        threading.Thread(target=reader, daemon=True).start()
-        assert got_port.wait(30) and self.port, "server did not start:\n" + "\n".join(self.log)
-        self.url = f"http://127.0.0.1:{self.port}"
-        if wait_ready:
-            deadline = time.time() + 60
-            while self.request("GET", "/health")[0] != 200:
-                assert time.time() < deadline, "model never became ready:\n" + "\n".join(self.log)
-                time.sleep(0.05)
-
-    def request(self, method, path, body=None, headers=None, timeout=60):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        data = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
-        hdrs = dict(headers or {})
-        if data is not None and not isinstance(body, (bytes, str)):
-            hdrs["Content-Type"] = "application/json"
-        if method == "POST" and data is None:
-            data = b""
-        conn.request(method, path, body=data, headers=hdrs)
-        r = conn.getresponse()
-        out = (r.status, dict(r.getheaders()), r.read())
-        conn.close()
-        return out
-
-    def json(self, method, path, body=None, headers=None):
-        status, _, raw = self.request(method, path, body, headers)
-        return status, (json.loads(raw) if raw else None)
+        super().__init__(binary, *args, model=model, wait_ready=wait_ready, env=env)
 
     def wait_job(self, job_id, until=("succeeded", "failed", "canceled"), headers=None, timeout=120):
-        deadline = time.time() + timeout
-        while True:
-            status, j = self.json("GET", f"/v1/jobs/{job_id}", headers=headers)
-            assert status == 200, j
-            if j["status"] in until:
-                return j
-            assert time.time() < deadline, j
-            time.sleep(0.02)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        return super().wait_job(job_id, until, headers, timeout)
 
 
 def _server_env(tmp):
