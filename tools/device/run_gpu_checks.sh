@@ -30,10 +30,11 @@ ldd "$work/sdserve_unit_tests" | grep -E "not found|cudnn|cublas" | tee -a "$OUT
 summary=()
 
 if [[ " $what " == *" all "* || " $what " == *" tests "* ]]; then
-  # CUDA tests, the device-parameterised op tests and the GPU twin of the txt2img parity suite,
-  # in parallel shards (16 cores; the GPU is shared). SDSERVE_SOURCE_DIR is compiled in; the
-  # fixtures are read from this checkout through the link above.
-  filter='*Cuda*:Device.*:AllDevices/OpTest.*cuda*'
+  # CUDA tests, the device-parameterised op tests, the GPU twin of the txt2img parity suite and
+  # every test whose parameter names a CUDA device (LoraParity, LoraMath, LoraFactorCache:
+  # ".../cuda_..."), in parallel shards (16 cores; the GPU is shared). SDSERVE_SOURCE_DIR is
+  # compiled in; the fixtures are read from this checkout through the link above.
+  filter='*Cuda*:Device.*:AllDevices/OpTest.*cuda*:*/cuda*'
   shards=${SHARDS:-8}
   for i in $(seq 0 $((shards - 1))); do
     (cd "$root" && GTEST_TOTAL_SHARDS=$shards GTEST_SHARD_INDEX=$i OMP_NUM_THREADS=2 timeout "${TEST_TIMEOUT:-150}" \
