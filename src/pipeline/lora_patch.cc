@@ -1,5 +1,6 @@
 // Merging networks into a model's weights (WeightPatcher) and finding them by name (LoraLibrary).
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -256,7 +257,7 @@ size_t factor_cache_limit_from_env() {
   char* end = nullptr;
   errno = 0;
   const unsigned long long mb = std::strtoull(v, &end, 10);
-  if (errno != 0 || *end != '\0' || *v == '-' || mb > (uint64_t(1) << 40))
+  if (errno != 0 || *end != '\0' || !std::isdigit(static_cast<unsigned char>(*v)) || mb > (uint64_t(1) << 40))
     throw InvalidArgument(
         "SDSERVE_LORA_FACTOR_CACHE_MB must be a whole number of MiB (0 turns the LoRA factor cache "
         "off), got '" +
@@ -343,10 +344,6 @@ void WeightPatcher::apply(const std::vector<AppliedNetwork>& set) {
     for (const LoraModule& m : n.network->modules())
       if (!resolve(m.key)) unmatched.push_back(n.network->name() + ": " + m.key);
   }
-  ++clock_;
-  for (FactorCache& c : factor_cache_)
-    for (const AppliedNetwork& n : set)
-      if (c.net == n.network) c.used = clock_;
 
   // Weights the previous set changed and this one leaves alone go back to their backups (exact
   // copies of what was loaded); the others are rewritten from their backups below.
@@ -356,6 +353,15 @@ void WeightPatcher::apply(const std::vector<AppliedNetwork>& set) {
   patched_.clear();
   current_.clear();
   unmatched_ = std::move(unmatched);
+
+  // Factors of networks nobody else holds any more (a file changed on disk, a network the library
+  // let go, the last set's network opened for one request) can never be asked for again: free
+  // them now rather than when the cache is full.
+  std::erase_if(factor_cache_, [](const FactorCache& c) { return c.net.use_count() == 1; });
+  ++clock_;
+  for (FactorCache& c : factor_cache_)
+    for (const AppliedNetwork& n : set)
+      if (c.net == n.network) c.used = clock_;
 
   try {
     for (const auto& [idx, list] : uses) {
@@ -458,7 +464,10 @@ WeightPatcher::Factors WeightPatcher::device_factors(const std::shared_ptr<const
   // Keep them if they fit, making room from the networks the current set does not use, least
   // recently used first; a set bigger than the cache is prepared again on every switch.
   const size_t need = f.bytes();
-  if (need > factor_cache_limit_) return f;
+  size_t in_use = 0;  // what the networks of the set being applied hold: never evicted for this
+  for (const FactorCache& c : factor_cache_)
+    if (c.used == clock_) in_use += c.bytes;
+  if (in_use + need > factor_cache_limit_) return f;
   while (factor_cache_bytes() + need > factor_cache_limit_) {
     auto victim = factor_cache_.end();
     for (auto c = factor_cache_.begin(); c != factor_cache_.end(); ++c)

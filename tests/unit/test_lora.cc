@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -137,6 +138,9 @@ TEST_P(LoraParity, MatchesReference) {
   SKIP_UNLESS_AVAILABLE(c.device);
   const DevicePathOnCpu path(c.device_path);
   StableDiffusion& sd = cached_model(c.model, c.layout, c.device);
+  // The cached model may hold this very set from the in-place case (one process running both):
+  // start from the base weights so the device path really merges.
+  if (c.device_path) sd.apply_loras({});
   GenerateRequest r = request(c.model);
   for (const auto& [name, w] : c.networks) {
     if (c.tags) {
@@ -544,10 +548,21 @@ TEST_P(LoraFactorCache, SwitchesReuseThePreparedFactorsAndMergeTheSame) {
   p->apply(a());
   EXPECT_EQ(weights(), want["a"]);
   EXPECT_EQ(p->factor_cache_bytes(), 0u);
+
+  // A network nobody holds any more (here: opened for one set) leaves the cache at the next switch.
+  p->set_factor_cache_limit(size_t(1) << 30);
+  p->apply({{LoraNetwork::open(nets_[0]->path()), 1.f, 0.8f}});
+  EXPECT_EQ(weights(), want["a"]);
+  EXPECT_EQ(p->factor_cache_bytes(), bytes_a);
+  p->apply(b());
+  EXPECT_EQ(p->factor_cache_bytes(), bytes_ab - bytes_a);
+  p->restore();
 }
 
 TEST_P(LoraFactorCache, LimitFromTheEnvironmentAndItsErrors) {
   const char* var = "SDSERVE_LORA_FACTOR_CACHE_MB";
+  const char* had = std::getenv(var);
+  const std::optional<std::string> before = had ? std::optional<std::string>(had) : std::nullopt;
   ::setenv(var, "0", 1);
   {
     auto p = patcher();
@@ -555,7 +570,7 @@ TEST_P(LoraFactorCache, LimitFromTheEnvironmentAndItsErrors) {
     EXPECT_EQ(p->factor_cache_bytes(), 0u);
     p->restore();
   }
-  for (const char* bad : {"lots", "-1", "12MB", "99999999999999999999"}) {
+  for (const char* bad : {"lots", "-1", "+5", " 5", "12MB", "99999999999999999999"}) {
     ::setenv(var, bad, 1);
     std::string msg;
     try {
@@ -566,7 +581,10 @@ TEST_P(LoraFactorCache, LimitFromTheEnvironmentAndItsErrors) {
     EXPECT_NE(msg.find(var), std::string::npos) << bad << ": " << msg;
     EXPECT_NE(msg.find(bad), std::string::npos) << msg;
   }
-  ::unsetenv(var);
+  if (before)
+    ::setenv(var, before->c_str(), 1);
+  else
+    ::unsetenv(var);
 }
 
 INSTANTIATE_TEST_SUITE_P(Paths, LoraFactorCache, kMergePaths, merge_path_name);
