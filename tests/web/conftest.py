@@ -212,6 +212,10 @@ class Studio:
         for key, value in values.items():
             self.page.fill(f"#{key.replace('_', '-')}", str(value))
 
+    def fill_job(self, prompt, size=64, steps=2):
+        """A quick square txt2img job in the form (prompt, width = height = size, steps)."""
+        self.fill(prompt=prompt, width=size, height=size, steps=steps)
+
     def settings_loaded(self):
         expect(self.page.locator("#sampler option")).not_to_have_count(0)
 

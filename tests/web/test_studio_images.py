@@ -38,10 +38,7 @@ def test_img2img_inpaint_outpaint_and_upscale_from_the_gallery(open_studio):
     st.settings_loaded()
 
     # 1. txt2img, small
-    page.fill("#prompt", "a red barn")
-    page.fill("#width", "128")
-    page.fill("#height", "128")
-    page.fill("#steps", "4")
+    st.fill_job("a red barn", size=128, steps=4)
     page.click("#generate")
     st.wait_gallery(1)
     st.wait_idle()

@@ -16,13 +16,6 @@ def png_bytes(w=128, h=128, color=(90, 120, 200)):
     return buf.getvalue()
 
 
-def small_job(page, prompt="small"):
-    page.fill("#prompt", prompt)
-    page.fill("#width", "64")
-    page.fill("#height", "64")
-    page.fill("#steps", "2")
-
-
 MASK_COVERAGE_JS = """() => {
   const c = document.querySelector('#mask-canvas');
   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
@@ -88,7 +81,7 @@ def test_a_broken_event_stream_falls_back_to_polling(open_studio):
     st.context.add_init_script(script=f"({BREAK_EVENTS_JS})()")
     st.goto()
     st.settings_loaded()
-    small_job(page, "a broken stream")
+    st.fill_job("a broken stream")
     page.click("#generate")
     st.wait_gallery(1)
     st.wait_idle()
@@ -116,7 +109,7 @@ def test_a_browser_that_refuses_storage_still_works_for_the_session(open_studio)
     page.fill("#api-key", "session-key-123")
     page.click("#key-save")
     expect(page.locator("#key-button")).to_have_text("API key ✓")
-    small_job(page, "no storage")
+    st.fill_job("no storage")
     with page.expect_request(lambda r: r.url.endswith("/v1/jobs") and r.method == "POST") as req:
         page.click("#generate")
     assert req.value.headers.get("authorization") == "Bearer session-key-123"
@@ -156,7 +149,7 @@ def test_a_full_storage_quota_evicts_the_oldest_images(open_studio):
     st.goto()
     st.settings_loaded()
     for i in range(3):
-        small_job(page, f"quota {i}")
+        st.fill_job(f"quota {i}")
         page.click("#generate")
         st.wait_gallery(min(i + 1, 2))
         st.wait_idle()
@@ -239,7 +232,7 @@ def test_escape_closes_a_dialog_before_it_cancels_and_focus_comes_back(open_stud
     st = open_studio()
     page = st.page
     st.settings_loaded()
-    small_job(page, "two of them")
+    st.fill_job("two of them")
     page.fill("#batch-size", "2")
     page.click("#generate")
     st.wait_gallery(2)

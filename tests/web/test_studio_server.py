@@ -25,10 +25,7 @@ def test_queue_position_then_queue_full(open_studio, start_server):
     page = st.page
     st.allow(r"status of 429")
     st.settings_loaded()
-    page.fill("#prompt", "wait for it")
-    page.fill("#width", "64")
-    page.fill("#height", "64")
-    page.fill("#steps", "2")
+    st.fill_job("wait for it")
 
     # Our job waits behind the running one: the page says where it is in the queue.
     page.click("#generate")
@@ -77,10 +74,7 @@ def test_api_key_dialog_wrong_key_then_right_key(open_studio, start_server):
     expect(dialog).to_be_hidden()
     st.settings_loaded()
     expect(page.locator("#key-button")).to_have_text("API key ✓")
-    page.fill("#prompt", "with a key")
-    page.fill("#width", "64")
-    page.fill("#height", "64")
-    page.fill("#steps", "2")
+    st.fill_job("with a key")
     with page.expect_request(lambda r: r.url.endswith("/v1/jobs") and r.method == "POST") as req:
         page.click("#generate")
     assert req.value.headers.get("authorization") == f"Bearer {KEY}"
@@ -124,10 +118,7 @@ def test_model_picker_switches_models(open_studio, start_server, tmp_path):
     expect(page.locator("#messages")).to_contain_text("Model sd2-tiny loaded.")
     assert s.json("GET", "/v1/models")[1]["current"] == "sd2-tiny"
     # jobs name the picked model
-    page.fill("#prompt", "on the other model")
-    page.fill("#width", "64")
-    page.fill("#height", "64")
-    page.fill("#steps", "2")
+    st.fill_job("on the other model")
     page.click("#generate")
     st.wait_gallery(1)
     assert st.jobs[-1]["model"] == "sd2-tiny"
