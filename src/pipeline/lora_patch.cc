@@ -451,8 +451,8 @@ WeightPatcher::Factors WeightPatcher::device_factors(const std::shared_ptr<const
   if (entry != factor_cache_.end())
     if (auto it = entry->modules.find(&m); it != entry->modules.end()) return it->second;
 
-  // Upload the factors as stored and transpose V on the device (a host transpose of every V was
-  // most of a GPU switch's time).
+  // Upload the factors as stored and transpose V on the device (session 6's GPU switches scaled,
+  // packed and transposed every factor on the host and uploaded it again at every switch).
   const Piece p = make_piece(m, targets_[idx]);
   Factors f;
   if (p.u.defined()) {
