@@ -46,6 +46,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <numeric>
 #include <optional>
 #include <string>
 #include <vector>
@@ -84,12 +85,6 @@ using bench::peak_rss_mb;
 using bench::profile_json;
 using bench::read_json;
 using bench::sync;
-
-double sum(const std::vector<double>& v) {
-  double t = 0;
-  for (double x : v) t += x;
-  return t;
-}
 
 Tensor input(const SafeTensorsFile& f, const char* name, const Shape& rank_check) {
   if (!f.contains(name)) throw NotFoundError(f.path() + ": no tensor \"" + name + "\"");
@@ -283,7 +278,8 @@ nlohmann::json run(const Args& a) {
       sync(dev);
       unet_s.push_back(now_s() - s);
     }
-    if (profile::enabled()) prof["unet"] = profile_json("UNet CFG step", a.repeat, sum(unet_s));
+    if (profile::enabled())
+      prof["unet"] = profile_json("UNet CFG step", a.repeat, std::accumulate(unet_s.begin(), unet_s.end(), 0.0));
     for (int r = 0; r < a.repeat; ++r) {
       sync(dev);
       const double s = now_s();
@@ -291,7 +287,8 @@ nlohmann::json run(const Args& a) {
       sync(dev);
       vae_s.push_back(now_s() - s);
     }
-    if (profile::enabled()) prof["vae"] = profile_json("VAE decode", a.repeat, sum(vae_s));
+    if (profile::enabled())
+      prof["vae"] = profile_json("VAE decode", a.repeat, std::accumulate(vae_s.begin(), vae_s.end(), 0.0));
     out.emplace_back("unet", eps);
     out.emplace_back("vae", img);
     j["unet_s"] = unet_s;

@@ -155,6 +155,9 @@ class WeightPatcher {
   void merge_on_device(size_t idx, const std::vector<Use>& list);
   Factors device_factors(const std::shared_ptr<const LoraNetwork>& net, const LoraModule& m, size_t idx,
                          const Device& dev);
+  // Drops the least recently used network's factors among those last used before `used_before`;
+  // false if there is none.
+  bool evict_least_recent(uint64_t used_before);
 
   std::vector<PatchTarget> targets_;
   std::unordered_map<std::string, size_t> by_name_;  // canonical names and aliases -> target

@@ -13,7 +13,6 @@
 #include "io/sha256.h"
 #include "models/clip_text.h"
 #include "models/unet.h"
-#include "ops/add.h"
 #include "ops/linear.h"
 #include "ops/upscale_ops.h"
 #include "pipeline/lora.h"
@@ -468,13 +467,8 @@ WeightPatcher::Factors WeightPatcher::device_factors(const std::shared_ptr<const
   for (const FactorCache& c : factor_cache_)
     if (c.used == clock_) in_use += c.bytes;
   if (in_use + need > factor_cache_limit_) return f;
-  while (factor_cache_bytes() + need > factor_cache_limit_) {
-    auto victim = factor_cache_.end();
-    for (auto c = factor_cache_.begin(); c != factor_cache_.end(); ++c)
-      if (c->used < clock_ && (victim == factor_cache_.end() || c->used < victim->used)) victim = c;
-    if (victim == factor_cache_.end()) return f;
-    factor_cache_.erase(victim);
-  }
+  while (factor_cache_bytes() + need > factor_cache_limit_)
+    if (!evict_least_recent(clock_)) return f;
   entry = find();
   if (entry == factor_cache_.end()) {
     factor_cache_.push_back(FactorCache{net, dev, {}, 0, clock_});
@@ -491,13 +485,19 @@ size_t WeightPatcher::factor_cache_bytes() const {
   return n;
 }
 
+bool WeightPatcher::evict_least_recent(uint64_t used_before) {
+  auto victim = factor_cache_.end();
+  for (auto c = factor_cache_.begin(); c != factor_cache_.end(); ++c)
+    if (c->used < used_before && (victim == factor_cache_.end() || c->used < victim->used)) victim = c;
+  if (victim == factor_cache_.end()) return false;
+  factor_cache_.erase(victim);
+  return true;
+}
+
 void WeightPatcher::set_factor_cache_limit(size_t bytes) {
   factor_cache_limit_ = bytes;
-  while (factor_cache_bytes() > factor_cache_limit_) {
-    auto victim = std::min_element(factor_cache_.begin(), factor_cache_.end(),
-                                   [](const FactorCache& a, const FactorCache& b) { return a.used < b.used; });
-    factor_cache_.erase(victim);
-  }
+  while (factor_cache_bytes() > factor_cache_limit_)
+    if (!evict_least_recent(UINT64_MAX)) break;
 }
 
 std::string WeightPatcher::digest() const {
